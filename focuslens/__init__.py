@@ -1,0 +1,13 @@
+"""focuslens: which attention heads decide what a language model reads in a long context,
+and can we make it read the right part?"""
+
+from focuslens.spans import LabeledPrompt, TokenizedPrompt, tokenize_prompt
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "LabeledPrompt",
+    "TokenizedPrompt",
+    "__version__",
+    "tokenize_prompt",
+]

@@ -1,0 +1,42 @@
+"""Shape aliases shared across focuslens.
+
+Dimension names follow TransformerLens (``batch``, ``pos``, ``head_index``,
+``query_pos``, ``key_pos``, ``d_head``); per-head tables are ``"n_layers n_heads"``.
+"""
+
+from __future__ import annotations
+
+from jaxtyping import Float, Int
+from torch import Tensor
+
+HeadTable = Float[Tensor, "n_layers n_heads"]
+"""One number per attention head, indexed ``[layer, head]``."""
+
+PerExampleHeadTable = Float[Tensor, "n_examples n_layers n_heads"]
+"""One number per example and attention head."""
+
+Pattern = Float[Tensor, "batch head_index query_pos key_pos"]
+"""Attention probabilities as TransformerLens's ``hook_pattern`` gives them."""
+
+AttnScores = Float[Tensor, "batch head_index query_pos key_pos"]
+"""Pre-softmax attention logits (``hook_attn_scores``)."""
+
+Queries = Float[Tensor, "batch pos head_index d_head"]
+Keys = Float[Tensor, "batch pos kv_head_index d_head"]
+Tokens = Int[Tensor, "batch pos"]
+Direction = Float[Tensor, "head_index d_head"]
+
+Span = tuple[int, int]
+"""A half-open range ``(start, end)``: characters of a prompt's text, or token positions."""
+
+__all__ = [
+    "AttnScores",
+    "Direction",
+    "HeadTable",
+    "Keys",
+    "Pattern",
+    "PerExampleHeadTable",
+    "Queries",
+    "Span",
+    "Tokens",
+]
