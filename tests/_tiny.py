@@ -1,0 +1,134 @@
+"""Builders for tiny seeded models and offline tokenizers, shared by the tests.
+
+Everything here is made in memory or in a temporary folder: no download.
+"""
+
+from __future__ import annotations
+
+import functools
+import string
+import tempfile
+
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformer_lens import HookedTransformer, HookedTransformerConfig
+from transformers import PreTrainedTokenizerFast
+
+WORDS = [f"w{i}" for i in range(120)]
+SPECIAL = ["<pad>", "<bos>", "<eos>", "<unk>"]
+PUNCT = ["[", "]", "(", ")", ":", ".", ",", "?", "Document", "Title", "Question", "Answer"]
+
+
+def _saved(tok: PreTrainedTokenizerFast) -> PreTrainedTokenizerFast:
+    """Round-trip through a folder: TransformerLens's ``set_tokenizer`` reloads a tokenizer
+    from its ``name_or_path``, so in-memory tokenizers need one."""
+    folder = tempfile.mkdtemp(prefix="focuslens-tok-")
+    tok.save_pretrained(folder)
+    return PreTrainedTokenizerFast.from_pretrained(folder)
+
+
+@functools.cache
+def word_tokenizer() -> PreTrainedTokenizerFast:
+    """A word-level fast tokenizer: whitespace split, exact character offsets."""
+    vocab = {tok: i for i, tok in enumerate(SPECIAL + PUNCT + WORDS)}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    return _saved(
+        PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            bos_token="<bos>",
+            eos_token="<eos>",
+            pad_token="<pad>",
+            unk_token="<unk>",
+        )
+    )
+
+
+@functools.cache
+def bpe_tokenizer() -> PreTrainedTokenizerFast:
+    """A small byte-level BPE tokenizer trained offline: tokens straddle word boundaries
+    (leading spaces belong to the next word), as GPT-2's do."""
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    corpus = [
+        "Document [1](Title: Paris) Paris is the capital of France.",
+        "Question: who wrote the play? Answer: the author wrote it.",
+        string.ascii_lowercase * 3,
+        "the quick brown fox jumps over the lazy dog " * 5,
+    ]
+    tok.train_from_iterator(corpus, trainer)
+    from tokenizers import decoders
+
+    tok.decoder = decoders.ByteLevel()
+    return _saved(
+        PreTrainedTokenizerFast(
+            tokenizer_object=tok,
+            bos_token="<|endoftext|>",
+            eos_token="<|endoftext|>",
+            pad_token="<|endoftext|>",
+        )
+    )
+
+
+def tiny_model(
+    kind: str = "rotary",
+    *,
+    n_layers: int = 2,
+    n_heads: int = 4,
+    d_head: int = 8,
+    n_ctx: int = 256,
+    seed: int = 0,
+    tokenizer: PreTrainedTokenizerFast | None = None,
+) -> HookedTransformer:
+    """A seeded random HookedTransformer.
+
+    kind: ``"gpt2"`` (learned absolute positions, LayerNorm), ``"rotary"`` (RMSNorm,
+    rotary) or ``"gqa"`` (rotary with 2 key/value heads).
+    """
+    tok = tokenizer or word_tokenizer()
+    common = dict(
+        n_layers=n_layers,
+        d_model=n_heads * d_head,
+        n_heads=n_heads,
+        d_head=d_head,
+        d_mlp=4 * n_heads * d_head,
+        d_vocab=len(tok),
+        n_ctx=n_ctx,
+        act_fn="gelu",
+        seed=seed,
+        default_prepend_bos=True,
+    )
+    if kind == "gpt2":
+        cfg = HookedTransformerConfig(
+            **common, normalization_type="LN", positional_embedding_type="standard"
+        )
+    elif kind in ("rotary", "gqa"):
+        cfg = HookedTransformerConfig(
+            **common,
+            normalization_type="RMS",
+            positional_embedding_type="rotary",
+            rotary_dim=d_head,
+            n_key_value_heads=2 if kind == "gqa" else None,
+        )
+    else:
+        raise ValueError(f"unknown tiny model kind {kind!r}")
+    model = HookedTransformer(cfg)
+    torch.manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if param.dim() >= 2:
+                # Larger weights than the default init give peaked, non-uniform attention.
+                param.normal_(0, 0.5 if ".attn." in name else 0.2)
+    model.set_tokenizer(tok)
+    model.eval()
+    return model
+
+
+def random_text(rng: torch.Generator, n_words: int) -> str:
+    idx = torch.randint(len(WORDS), (n_words,), generator=rng).tolist()
+    return " ".join(WORDS[i] for i in idx)
