@@ -115,9 +115,7 @@ class LabeledPrompt:
                 raise ValueError(f"{name} span {span!r} must be two ints (start, end)")
             start, end = span
             if start >= end:
-                raise ValueError(
-                    f"{name} span {span} is empty in prompt {_preview(self.text)!r}"
-                )
+                raise ValueError(f"{name} span {span} is empty in prompt {_preview(self.text)!r}")
             if start < 0 or end > len(self.text):
                 raise ValueError(
                     f"{name} span {span} is out of range for a prompt of {len(self.text)} "
@@ -360,7 +358,12 @@ def _offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]
 
 
 def char_to_token_span(
-    offsets: Sequence[tuple[int, int]], span: Span, *, shift: int = 0, name: str = "span", text: str = ""
+    offsets: Sequence[tuple[int, int]],
+    span: Span,
+    *,
+    shift: int = 0,
+    name: str = "span",
+    text: str = "",
 ) -> Span:
     """Token span ``[first, last + 1)`` of the tokens that share a character with ``span``.
 
@@ -416,7 +419,9 @@ def tokenize_prompt(
         ids = [tokenizer.bos_token_id, *ids]
     shift = 1 if prepend_bos else 0
     relevant = (
-        char_to_token_span(offsets, prompt.relevant, shift=shift, name="relevant span", text=prompt.text)
+        char_to_token_span(
+            offsets, prompt.relevant, shift=shift, name="relevant span", text=prompt.text
+        )
         if prompt.relevant is not None
         else None
     )
@@ -432,7 +437,7 @@ def tokenize_prompt(
         if s2[0] < s1[1]:
             tok = s2[0] - shift
             raise ValueError(
-                f"token {s2[0]} ({prompt.text[offsets[tok][0]:offsets[tok][1]]!r}) straddles "
+                f"token {s2[0]} ({prompt.text[offsets[tok][0] : offsets[tok][1]]!r}) straddles "
                 f"the {n1} and {n2} spans in prompt {_preview(prompt.text)!r}; put a separator "
                 "between the documents"
             )
