@@ -1,6 +1,7 @@
 """focuslens: which attention heads decide what a language model reads in a long context,
 and can we make it read the right part?"""
 
+from focuslens.heads import HeadSet
 from focuslens.scores import ContextualScores, contextual_scores
 from focuslens.spans import LabeledPrompt, TokenizedPrompt, tokenize_prompt
 
@@ -8,6 +9,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ContextualScores",
+    "HeadSet",
     "contextual_scores",
     "LabeledPrompt",
     "TokenizedPrompt",
