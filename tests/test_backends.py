@@ -1,0 +1,126 @@
+"""Backends: HookedTransformer variants and a TransformerBridge booted from a local
+Hugging Face folder, checked against Hugging Face's own ``output_attentions``."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from _tiny import random_text, tiny_model, word_tokenizer
+
+from focuslens import LabeledPrompt, contextual_scores, tokenize_prompt
+from focuslens.models import BackendError, check_backend, load_model
+
+
+@pytest.fixture(scope="module")
+def hf_llama_folder(tmp_path_factory):
+    """A tiny random Llama (rotary, grouped-query attention) saved as a HF folder."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tok = word_tokenizer()
+    folder = tmp_path_factory.mktemp("tiny-llama")
+    cfg = LlamaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(cfg)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            if "proj" in name:
+                param.normal_(0, 0.3)  # peaked attention, so heads differ
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    return folder
+
+
+def _prompts(n: int) -> list[LabeledPrompt]:
+    rng = torch.Generator().manual_seed(1)
+    out = []
+    for i in range(n):
+        docs = [("w1", random_text(rng, 2 + d % 3)) for d in range(3 + i)]
+        out.append(
+            LabeledPrompt.from_documents(
+                "w4 ?",
+                docs,
+                i % len(docs),
+                ["x"],
+                instruction="w5 w6",
+                response=random_text(rng, 2),
+            )
+        )
+    return out
+
+
+def authors_scores(hf_model, tp) -> torch.Tensor:
+    """METHOD.md section 2 as the authors compute it: HF output_attentions, response rows,
+    sum over the relevant span, mean over rows."""
+    hf_model.config._attn_implementation = "eager"
+    with torch.no_grad():
+        out = hf_model(tp.tokens[None], output_attentions=True)
+    rows = list(range(tp.n_prompt, len(tp)))
+    s, e = tp.relevant
+    return torch.stack([a[0][:, rows][:, :, s:e].sum(-1).mean(-1) for a in out.attentions])
+
+
+@pytest.mark.slow
+def test_bridge_scores_equal_hugging_face_output_attentions(hf_llama_folder):
+    from transformers import LlamaForCausalLM
+
+    bridge = load_model(str(hf_llama_folder))
+    hf_model = LlamaForCausalLM.from_pretrained(hf_llama_folder)
+    prompts = _prompts(3)
+    scores = contextual_scores(bridge, prompts, batch_size=2)
+    expected = torch.stack([authors_scores(hf_model, tokenize_prompt(bridge, p)) for p in prompts])
+    torch.testing.assert_close(scores.per_example["relevant"], expected, atol=1e-5, rtol=0)
+    assert expected.std() > 0.01
+    assert check_backend(bridge).ok
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "rotary", "gqa"])
+def test_backend_self_test_passes_on_hooked_transformer(kind):
+    report = check_backend(tiny_model(kind))
+    assert report.ok, str(report)
+    assert set(report.checks) == {
+        "attention hook points exist",
+        "pattern rows sum to 1",
+        "hook_attn_scores is pre-softmax",
+        "a write at hook_pattern takes effect",
+    }
+
+
+def test_backend_self_test_catches_a_dead_hook(monkeypatch):
+    """A backend whose hook_pattern ignores what a hook returns (simulated by wrapping every
+    hook added there so that its result is dropped) must fail the self-test."""
+    model = tiny_model("rotary")
+    point = model.blocks[-1].attn.hook_pattern
+    original = point.add_hook
+
+    def add_hook(hook, *args, **kwargs):
+        def dropped(x, hook=None):
+            hook_fn(x.clone(), hook=hook)  # runs, but its write is lost
+
+        hook_fn = hook
+        return original(dropped, *args, **kwargs)
+
+    monkeypatch.setattr(point, "add_hook", add_hook)
+    with pytest.raises(BackendError, match=r"\[ \] a write at hook_pattern takes effect"):
+        check_backend(model)
+    assert not check_backend(model, strict=False).ok
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        load_model("demo", dtype="float8")
+    with pytest.raises(ValueError, match="unknown model 'no-such-model-xyz'"):
+        load_model("no-such-model-xyz")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="not a Hugging Face model folder"):
+        load_model(str(tmp_path / "empty"))
