@@ -1,0 +1,141 @@
+"""Cost of contextual_scores against a plain forward pass and a naive full cache.
+
+Model: GPT-2-small-shaped random HookedTransformer (12 layers x 12 heads, d_model 768,
+vocabulary 50257), one prompt of ~2,000 tokens with a 16-token response. Each case runs
+in its own process; the script prints time and peak-memory ratios against the plain
+forward pass measured in the same run.
+
+    python benchmarks/bench_scores.py            # all cases, prints the table
+    python benchmarks/bench_scores.py --json F   # also write the numbers to F
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from _measure import measure, run_isolated  # noqa: E402
+
+N_PROMPT, N_RESPONSE, N_DOCS = 2000, 16, 20
+
+
+def build():
+    import torch
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from focuslens import LabeledPrompt, tokenize_prompt
+
+    torch.set_num_threads(2)
+    cfg = HookedTransformerConfig(
+        n_layers=12,
+        d_model=768,
+        n_heads=12,
+        d_head=64,
+        d_mlp=3072,
+        d_vocab=50257,
+        n_ctx=4096,
+        act_fn="gelu",
+        normalization_type="LN",
+        seed=0,
+    )
+    model = HookedTransformer(cfg)
+    model.eval()
+
+    class Tok:  # a stand-in tokenizer: one token per word, exact offsets
+        is_fast, bos_token_id, pad_token_id = True, 0, 0
+
+        def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
+            ids, offsets, pos = [], [], 0
+            for word in text.split(" "):
+                ids.append(1 + sum(map(ord, word)) * 31 % 50000)
+                offsets.append((pos, pos + len(word)))
+                pos += len(word) + 1
+            return {"input_ids": ids, "offset_mapping": offsets}
+
+    model.tokenizer = Tok()
+    doc_words = N_PROMPT // N_DOCS - 1
+    docs = [" ".join(f"d{d}w{i}" for i in range(doc_words)) for d in range(N_DOCS)]
+    text = " ".join(docs) + " q"
+    spans, pos = [], 0
+    for d in docs:
+        spans.append((pos, pos + len(d)))
+        pos += len(d) + 1
+    response = " ".join(f"r{i}" for i in range(N_RESPONSE))
+    prompt = LabeledPrompt(text, spans[7], spans[:7] + spans[8:], ["r0"], response=response)
+    tokens = tokenize_prompt(model, prompt).tokens[None]
+    return model, prompt, tokens
+
+
+def run_case(case: str) -> dict[str, float]:
+    import torch
+
+    from focuslens import contextual_scores
+
+    model, prompt, tokens = build()
+    n_prompt = tokens.shape[1] - N_RESPONSE
+
+    def forward():
+        with torch.no_grad():
+            model(tokens)
+
+    def forward_no_logits():
+        with torch.no_grad():
+            model(tokens, return_type=None)
+
+    def ours():
+        contextual_scores(model, [prompt])
+
+    def naive():
+        with torch.no_grad():
+            _, cache = model.run_with_cache(
+                tokens, names_filter=lambda n: n.endswith("hook_pattern")
+            )
+        s, e = tokenize_prompt_spans(model, prompt)
+        return torch.stack(
+            [cache["pattern", l][0, :, n_prompt:, s:e].sum(-1).mean(-1) for l in range(12)]
+        )
+
+    ops = {"forward": forward, "forward_no_logits": forward_no_logits, "ours": ours, "naive": naive}
+    result = measure(ops[case], repeats=2)
+    result["n_tokens"] = int(tokens.shape[1])
+    return result
+
+
+def tokenize_prompt_spans(model, prompt):
+    from focuslens import tokenize_prompt
+
+    return tokenize_prompt(model, prompt).relevant
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--case")
+    parser.add_argument("--json")
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case)))
+        return
+    res = {c: run_isolated(__file__, c) for c in ("forward", "forward_no_logits", "ours", "naive")}
+    base = res["forward"]
+    print(f"GPT-2-small-shaped random model, {base['n_tokens']} tokens ({N_RESPONSE} response)")
+    print(f"{'case':<22}{'time s':>9}{'peak MiB':>10}{'time/fwd':>10}{'mem/fwd':>9}")
+    for case, r in res.items():
+        print(
+            f"{case:<22}{r['seconds']:>9.3f}{r['peak_mib']:>10.0f}"
+            f"{r['seconds'] / base['seconds']:>10.2f}{r['peak_mib'] / base['peak_mib']:>9.2f}"
+        )
+    print(
+        f"naive cache / ours, peak memory: {res['naive']['peak_mib'] / res['ours']['peak_mib']:.1f}x"
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=2))
+
+
+if __name__ == "__main__":
+    main()

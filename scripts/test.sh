@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# The test command of the README: lint, then the whole test suite (slow tests included).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
+ruff check focuslens tests benchmarks
+ruff format --check focuslens tests benchmarks
+python3 -m pytest "$@"
