@@ -146,7 +146,8 @@ class EvalResult:
         ``heads``, ``attn_relevant``, ``attn_distractors``, ``attn_sink``,
         ``attn_other`` (mean over the heads of the answer tokens' attention mass; NaN
         where not measured, ``attn_relevant`` NaN without a relevant document); then
-        the scalar fields of each prompt's ``meta``.
+        the scalar fields of each prompt's ``meta`` (one named like a column above
+        appears as ``meta_<key>``, and only where it differs from the column).
         """
         return self.frame.copy()
 
@@ -210,12 +211,18 @@ def _allocation(
     return values, note
 
 
-def _meta_columns(meta: dict[str, Any]) -> dict[str, Any]:
+def _meta_columns(meta: dict[str, Any], row: dict[str, Any]) -> dict[str, Any]:
+    """Scalar meta fields; one named like a column is kept (as ``meta_<key>``) only when
+    it differs from that column (e.g. a ``gold_position`` copied into a variant)."""
     out = {}
     for key, value in meta.items():
-        if isinstance(value, (str, int, float, bool)) or value is None:
-            name = f"meta_{key}" if key in _CORE or str(key).startswith("attn_") else str(key)
-            out[name] = value
+        if not (isinstance(value, (str, int, float, bool)) or value is None):
+            continue
+        if key in row or key in _CORE or str(key).startswith("attn_"):
+            if row.get(key) != value:
+                out[f"meta_{key}"] = value
+        else:
+            out[str(key)] = value
     return out
 
 
@@ -274,7 +281,7 @@ def _one(model: Any, index: int, prompt: LabeledPrompt, options: _Options) -> di
         )
         for kind in ATTENTION_KINDS:
             row[f"attn_{kind}"] = values.get(kind, float("nan"))
-    row.update(_meta_columns(prompt.meta))
+    row.update(_meta_columns(prompt.meta, row))
     return row
 
 

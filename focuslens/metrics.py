@@ -89,8 +89,9 @@ def exact_match(prediction: str, answers: Sequence[str] | str) -> bool:
 METRICS: dict[str, Metric] = {
     "best_subspan_em": best_subspan_em,
     "exact_match": exact_match,
+    "exact": exact_match,
 }
-"""Metrics by name."""
+"""Metrics by name (``"exact"`` is an alias of ``"exact_match"``)."""
 
 
 def get_metric(metric: str | Metric) -> Metric:

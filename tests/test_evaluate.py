@@ -371,3 +371,24 @@ def test_evaluate_errors_and_edge_cases(model, capsys):
     assert "evaluate" not in capsys.readouterr().err
     evaluate(model, prompts[:1], progress=True)
     assert "evaluate" in capsys.readouterr().err
+
+
+def test_meta_columns_and_metric_alias(model):
+    from dataclasses import replace
+
+    p = qa_prompts(1)[0]
+    p = replace(
+        p,
+        meta={
+            **p.meta,
+            "gold_position": p.gold_position,
+            "n_documents": 99,
+            "metric": "exact",
+            "nested": {"x": 1},
+        },
+    )
+    df = evaluate(model, [p], progress=False).to_dataframe()
+    assert "meta_gold_position" not in df.columns  # same as the column: not repeated
+    assert df["meta_n_documents"][0] == 99 and df["n_documents"][0] == 4  # differs: kept
+    assert "nested" not in df.columns and df["metric"][0] == "exact"
+    assert df["correct"][0] == exact_match(df["prediction"][0], p.answers)
