@@ -45,29 +45,37 @@ def build():
     model = HookedTransformer(cfg)
     model.eval()
 
-    class Tok:  # a stand-in tokenizer: one token per word, exact offsets
-        is_fast, bos_token_id, pad_token_id = True, 0, 0
-
-        def __call__(self, text, add_special_tokens=False, return_offsets_mapping=False):
-            ids, offsets, pos = [], [], 0
-            for word in text.split(" "):
-                ids.append(1 + sum(map(ord, word)) * 31 % 50000)
-                offsets.append((pos, pos + len(word)))
-                pos += len(word) + 1
-            return {"input_ids": ids, "offset_mapping": offsets}
-
-    model.tokenizer = Tok()
+    model.set_tokenizer(word_tokenizer(cfg.d_vocab))
     doc_words = N_PROMPT // N_DOCS - 1
-    docs = [" ".join(f"d{d}w{i}" for i in range(doc_words)) for d in range(N_DOCS)]
-    text = " ".join(docs) + " q"
-    spans, pos = [], 0
+    docs = [
+        " ".join(f"t{(d * 997 + i * 31) % 50000}" for i in range(doc_words)) for d in range(N_DOCS)
+    ]
+    text = "t1 t2 " + " ".join(docs) + " t1"
+    spans, pos = [], len("t1 t2 ")
     for d in docs:
         spans.append((pos, pos + len(d)))
         pos += len(d) + 1
-    response = " ".join(f"r{i}" for i in range(N_RESPONSE))
+    response = " ".join(f"t{50000 + i}" for i in range(N_RESPONSE))
     prompt = LabeledPrompt(text, spans[7], spans[:7] + spans[8:], ["r0"], response=response)
     tokens = tokenize_prompt(model, prompt).tokens[None]
     return model, prompt, tokens
+
+
+def word_tokenizer(vocab_size: int):
+    """A word-level fast tokenizer over the words t0 .. t{vocab_size - 3}, built offline."""
+    import tempfile
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"<bos>": 0, "<pad>": 1, **{f"t{i}": i + 2 for i in range(vocab_size - 2)}}
+    tok = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<pad>"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    folder = tempfile.mkdtemp()
+    PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<bos>", pad_token="<pad>"
+    ).save_pretrained(folder)
+    return PreTrainedTokenizerFast.from_pretrained(folder)
 
 
 def run_case(case: str) -> dict[str, float]:

@@ -264,6 +264,7 @@ def prepare(
                     f"it has {len(tp)} tokens, more than the model's context n_ctx={n_ctx}"
                 )
             query_rows(tp, query)
+            span_masks(tp, sink, len(tp), len(tp.distractors))  # the sink must not overlap a span
         except ValueError as exc:
             raise ValueError(f"prompt {idx}: {exc}") from None
         out.append(tp)
@@ -338,6 +339,8 @@ def contextual_scores(
     prepend_bos: bool | None = None,
     require_relevant: bool = True,
     progress: bool = False,
+    chunk_size: int | None = None,
+    max_memory: int | float | str | None = None,
 ) -> ContextualScores:
     """Attention mass of each head on the relevant span, distractors and sink.
 
@@ -352,6 +355,12 @@ def contextual_scores(
         require_relevant: Refuse prompts without a relevant span (default). When False,
             their ``relevant`` score is NaN and means skip them.
         progress: Show a progress bar over batches.
+        chunk_size: For long prompts: run each prompt alone in chunks of this many tokens
+            through the KV cache (:func:`focuslens.longctx.chunked_contextual_scores`), so
+            no layer holds more than ``chunk_size x n`` attention scores. Same numbers;
+            ``batch_size`` does not apply. ``None`` (default): one pass per batch.
+        max_memory: Instead of ``chunk_size``: a memory budget (bytes or ``"8GiB"``) from
+            which the chunk size is picked.
 
     Returns:
         :class:`ContextualScores`, each table ``[n_layers, n_heads]``.
@@ -366,6 +375,20 @@ def contextual_scores(
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if chunk_size is not None or max_memory is not None:
+        from focuslens.longctx import chunked_contextual_scores
+
+        return chunked_contextual_scores(
+            model,
+            prompts,
+            chunk_size=chunk_size,
+            max_memory=max_memory,
+            query=query,
+            sink=sink,
+            prepend_bos=prepend_bos,
+            require_relevant=require_relevant,
+            progress=progress,
+        )
     tps = prepare(
         model,
         prompts,
