@@ -1,0 +1,678 @@
+"""Long contexts: chunked prefill through the KV cache, and scores without patterns.
+
+Why: a ``HookedTransformer`` forward builds every layer's full ``[n_heads, n, n]``
+attention pattern. For a GPT-2-small-shaped model at 32,768 tokens that is 48 GiB per
+layer in float32; the authors' code asks Hugging Face for all of them at once
+(``output_attentions=True``). Contextual scores only need the rows of the response.
+
+Chunked prefill (:func:`chunked_forward`): the tokens go through the model in chunks of
+``chunk_size`` positions, each chunk reading the keys and values of the previous ones
+from TransformerLens's KV cache (``TransformerLensKeyValueCache``). A layer then holds
+at most ``n_heads x chunk_size x n`` attention scores, and the memory grows linearly
+with the length ``n``: the KV cache is ``2 x n_layers x n x n_kv_heads x d_head`` values.
+Logits, steering and interventions are the same as in one pass (to float rounding).
+
+Where the scores come from (``scores_from=``):
+
+* ``"keys"``: without patterns. The rotated queries of the scored rows are kept as
+  their chunk passes (``hook_rot_q``, or ``hook_q`` without rotary), and in the last
+  chunk each layer's keys (``hook_rot_k``; the cached keys plus ``hook_k`` without
+  rotary) are read in blocks: a first sweep computes each row's log-sum-exp with a
+  running maximum, a second sums ``exp(logit - lse)`` over each span. No pattern is
+  read or kept; the extra memory is ``n_heads x n_rows x block`` values.
+* ``"pattern"``: each chunk's ``hook_pattern`` rows of the scored positions are summed
+  over the spans. Needed when an intervention acts on ``hook_attn_scores`` or
+  ``hook_pattern`` (split-softmax, PASTA), which the ``"keys"`` route cannot see.
+* ``"auto"`` (default): ``"keys"``, unless a hook is registered on an attention-score
+  or pattern hook point, or the model's attention has a feature the ``"keys"`` route
+  does not reproduce (ALiBi, soft-capping, local windows, attention sinks, ...).
+
+Both give the numbers of the one-pass :func:`focuslens.contextual_scores` (1e-5).
+
+Which chunk size? Smaller chunks use less memory but re-rotate every cached key once
+per chunk and run more, smaller matrix products; 512 to 2048 is a good range on a CPU.
+``max_memory`` picks the largest chunk whose estimated peak (:func:`estimate_memory`,
+activations beyond the weights) fits a budget. A chunk at least as long as the prompt
+is the one-pass case: one forward pass.
+
+Dynamic-NTK rotary models change their rotary frequencies with the cache length, so
+their chunked outputs differ from one pass; they are refused.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from focuslens.hooking import hooks, key_hook_name, n_kv_heads, query_hook_name, rotary
+from focuslens.scores import (
+    _FIRST_DISTRACTOR,
+    _OTHER,
+    _REL,
+    _SINK,
+    ContextualScores,
+    QueryRows,
+    _reduce,
+    prepare,
+    query_rows,
+)
+from focuslens.spans import LabeledPrompt, TokenizedPrompt
+
+ScoresFrom = Literal["auto", "keys", "pattern"]
+DEFAULT_CHUNK_SIZE = 1024
+"""Chunk size used when neither ``chunk_size`` nor ``max_memory`` is given."""
+
+KEY_BLOCK_ELEMENTS = 1 << 22
+"""Most ``head x row x key`` logits the ``"keys"`` route holds at once (16 MiB in float32)."""
+
+_UNITS = {"": 1, "b": 1, "kb": 1e3, "mb": 1e6, "gb": 1e9, "kib": 2**10, "mib": 2**20, "gib": 2**30}
+
+
+# ----------------------------------------------------------------------------- memory
+def parse_memory(value: int | float | str) -> int:
+    """Bytes from an int or a string such as ``"8GiB"``, ``"512 MiB"``, ``"2GB"``.
+
+    Example:
+        >>> parse_memory("1.5 GiB"), parse_memory(4096)
+        (1610612736, 4096)
+    """
+    if isinstance(value, bool):
+        raise ValueError(f"max_memory must be bytes (int) or a string like '8GiB', got {value!r}")
+    if isinstance(value, (int, float)):
+        number = float(value)
+    elif isinstance(value, str):
+        match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", value)
+        unit = match.group(2).lower() if match else None
+        if match is None or unit not in _UNITS:
+            raise ValueError(
+                f"cannot read max_memory {value!r}; write bytes or a number with a unit "
+                f"({', '.join(u for u in _UNITS if u)}), e.g. '8GiB'"
+            )
+        number = float(match.group(1)) * _UNITS[unit]
+    else:
+        raise ValueError(f"max_memory must be bytes (int) or a string like '8GiB', got {value!r}")
+    if not number > 0:
+        raise ValueError(f"max_memory must be positive, got {value!r}")
+    return int(number)
+
+
+def _itemsize(model: Any) -> int:
+    return torch.empty((), dtype=model.cfg.dtype).element_size()
+
+
+def attention_cache_bytes(model: Any, n_tokens: int) -> int:
+    """Bytes of every layer's full attention pattern for one sequence of ``n_tokens``
+    (what ``run_with_cache`` or ``output_attentions=True`` would keep)."""
+    cfg = model.cfg
+    return cfg.n_layers * cfg.n_heads * n_tokens * n_tokens * _itemsize(model)
+
+
+def kv_cache_bytes(model: Any, n_tokens: int) -> int:
+    """Bytes of the KV cache (keys and values of every layer) for ``n_tokens``."""
+    cfg = model.cfg
+    return 2 * cfg.n_layers * n_tokens * n_kv_heads(model) * cfg.d_head * _itemsize(model)
+
+
+def estimate_memory(model: Any, n_tokens: int, chunk_size: int) -> int:
+    """Estimated peak bytes, beyond the weights, of a chunked pass over ``n_tokens``.
+
+    The KV cache, plus what one layer holds while it runs the last (longest) chunk:
+    about four ``[n_heads, chunk, n]`` score tensors (scores, masked scores, pattern and
+    its NaN-cleaned copy), the re-rotated and concatenated keys, and the chunk's
+    residual-stream and MLP activations. ``benchmarks/bench_long_context.py`` checks it
+    against measured peaks.
+    """
+    cfg = model.cfg
+    item = _itemsize(model)
+    c = min(check_chunk_size(chunk_size), n_tokens)
+    n_kv = n_kv_heads(model)
+    d_mlp = cfg.d_mlp or 4 * cfg.d_model
+    scores = 4.5 * cfg.n_heads * c * n_tokens * item
+    keys = (4 * n_kv + (cfg.n_heads if n_kv != cfg.n_heads else 0)) * n_tokens * cfg.d_head
+    activations = c * (16 * cfg.d_model + 3 * d_mlp + cfg.d_vocab)
+    return int(kv_cache_bytes(model, n_tokens) + scores + (keys + activations) * item)
+
+
+def chunk_size_for(model: Any, n_tokens: int, max_memory: int | float | str) -> int:
+    """The largest chunk size whose :func:`estimate_memory` fits ``max_memory``.
+
+    Raises:
+        ValueError: When even one-token chunks do not fit (the KV cache alone is too big).
+    """
+    budget = parse_memory(max_memory)
+    fixed = estimate_memory(model, n_tokens, 1)
+    if fixed > budget:
+        raise ValueError(
+            f"max_memory={budget / 2**30:.3g} GiB is too small for {n_tokens} tokens: the KV "
+            f"cache alone needs {kv_cache_bytes(model, n_tokens) / 2**30:.3g} GiB and one-token "
+            f"chunks {fixed / 2**30:.3g} GiB"
+        )
+    per_row = max(estimate_memory(model, n_tokens, 2) - fixed, 1)
+    return int(max(1, min(n_tokens, 1 + (budget - fixed) // per_row)))
+
+
+def check_chunk_size(chunk_size: Any) -> int:
+    """``chunk_size`` as a positive int, or a ValueError naming the bad value."""
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(
+            f"chunk_size must be a positive int (tokens per chunk), got {chunk_size!r}"
+        )
+    return chunk_size
+
+
+def resolve_chunk_size(
+    model: Any, n_tokens: int, chunk_size: int | None, max_memory: int | float | str | None
+) -> int:
+    """The chunk size to use: ``chunk_size``, or one picked from ``max_memory``, or
+    :data:`DEFAULT_CHUNK_SIZE`. Giving both is refused."""
+    if chunk_size is not None and max_memory is not None:
+        raise ValueError(
+            f"give chunk_size or max_memory, not both (got chunk_size={chunk_size!r}, "
+            f"max_memory={max_memory!r})"
+        )
+    if max_memory is not None:
+        return chunk_size_for(model, n_tokens, max_memory)
+    return check_chunk_size(DEFAULT_CHUNK_SIZE if chunk_size is None else chunk_size)
+
+
+def chunk_bounds(n_tokens: int, chunk_size: int) -> list[tuple[int, int]]:
+    """``[(start, end), ...]`` half-open chunks covering ``range(n_tokens)``.
+
+    Example:
+        >>> chunk_bounds(10, 4)
+        [(0, 4), (4, 8), (8, 10)]
+    """
+    check_chunk_size(chunk_size)
+    return [(s, min(s + chunk_size, n_tokens)) for s in range(0, n_tokens, chunk_size)]
+
+
+# ---------------------------------------------------------------------- chunked forward
+def _check_model(model: Any) -> None:
+    from transformer_lens import HookedTransformer
+
+    if not isinstance(model, HookedTransformer):
+        raise ValueError(
+            f"chunked prefill needs a HookedTransformer (TransformerLens's KV cache), got "
+            f"{type(model).__name__}; use chunk_size=None for a one-pass computation"
+        )
+    if getattr(model.cfg, "use_dynamic_ntk_rope", False):
+        raise ValueError(
+            "this model uses dynamic-NTK rotary embeddings, whose frequencies change with the "
+            "cache length, so chunked prefill would change its outputs; use chunk_size=None"
+        )
+
+
+def new_cache(model: Any) -> Any:
+    """An empty ``TransformerLensKeyValueCache`` for one sequence."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    return TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+
+
+def _tokens_1d(tokens: Any) -> Tensor:
+    t = torch.as_tensor(tokens, dtype=torch.long)
+    if t.dim() == 2 and t.shape[0] == 1:
+        t = t[0]
+    if t.dim() != 1 or t.numel() == 0:
+        raise ValueError(
+            f"chunked prefill takes one sequence as [pos] or [1, pos] tokens, got shape "
+            f"{tuple(t.shape)}"
+        )
+    return t
+
+
+def _run_chunks(
+    model: Any,
+    tokens: Tensor,
+    chunk_size: int,
+    cache: Any,
+    on_chunk: Callable[[int, int], None] | None = None,
+    logits_rows: Sequence[int] = (),
+) -> Tensor | None:
+    """Feed ``tokens`` chunk by chunk; return the logits of ``logits_rows`` (absolute)."""
+    device = next(model.parameters()).device
+    offset = int(cache[0].past_keys.shape[1])
+    wanted = sorted(set(logits_rows))
+    out = []
+    with torch.no_grad():
+        for start, end in chunk_bounds(len(tokens), chunk_size):
+            if on_chunk is not None:
+                on_chunk(offset + start, offset + end)
+            piece = tokens[start:end].to(device)[None]
+            rows = [r - start for r in wanted if start <= r < end]
+            # An explicit all-ones mask: without it TransformerLens masks tokens equal to
+            # the pad token when a cache is used.
+            logits = model(
+                piece,
+                past_kv_cache=cache,
+                attention_mask=torch.ones_like(piece),
+                return_type="logits" if rows else None,
+            )
+            if rows:
+                out.append(logits[0, rows])
+    return torch.cat(out) if out else None
+
+
+def chunked_forward(
+    model: Any,
+    tokens: Int[Tensor, " pos"],
+    *,
+    chunk_size: int | None = None,
+    max_memory: int | float | str | None = None,
+    logits_at: Literal["last", "all"] | Sequence[int] = "last",
+    past_kv_cache: Any | None = None,
+) -> Float[Tensor, "n_rows d_vocab"]:
+    """Run one sequence through the model in chunks, through the KV cache.
+
+    Hooks registered on the model (steering, interventions) fire in every chunk, with
+    the chunk's queries and all keys so far; those written with
+    :mod:`focuslens.hooking` see the same absolute positions as in one pass.
+
+    Args:
+        model: A ``HookedTransformer``.
+        tokens: ``[pos]`` (or ``[1, pos]``) token ids, BOS included if wanted.
+        chunk_size: Tokens per chunk (default :data:`DEFAULT_CHUNK_SIZE`).
+        max_memory: Instead of ``chunk_size``, a budget (bytes or ``"8GiB"``) from which
+            the chunk size is picked (:func:`chunk_size_for`).
+        logits_at: Positions (relative to ``tokens``) whose logits to return: ``"last"``
+            (default), ``"all"`` (``n x d_vocab`` values: mind the memory) or a list.
+        past_kv_cache: A ``TransformerLensKeyValueCache`` to continue and fill (for
+            generation after the prefill); default a new one.
+
+    Returns:
+        ``[n_rows, d_vocab]`` logits, rows in increasing position order.
+
+    Example:
+        >>> import focuslens
+        >>> model = focuslens.load_demo_model()
+        >>> tokens = model.to_tokens("[DOC k1 k2 v3 v4 ] [Q k1 k2")[0]
+        >>> one = model(tokens[None])[0, -1]
+        >>> torch.allclose(chunked_forward(model, tokens, chunk_size=3)[0], one, atol=1e-4)
+        True
+    """
+    _check_model(model)
+    tokens = _tokens_1d(tokens)
+    n = len(tokens)
+    size = resolve_chunk_size(model, n, chunk_size, max_memory)
+    if isinstance(logits_at, str):
+        if logits_at not in ("last", "all"):
+            raise ValueError(f"logits_at must be 'last', 'all' or positions, got {logits_at!r}")
+        rows = [n - 1] if logits_at == "last" else list(range(n))
+    else:
+        rows = [int(r) for r in logits_at]
+        bad = [r for r in rows if not 0 <= r < n]
+        if bad or not rows:
+            raise ValueError(f"logits_at positions {bad or rows} are out of range for {n} tokens")
+    cache = new_cache(model) if past_kv_cache is None else past_kv_cache
+    logits = _run_chunks(model, tokens, size, cache, logits_rows=rows)
+    assert logits is not None
+    return logits
+
+
+# ------------------------------------------------------------------------ span labels
+def span_labels(tp: TokenizedPrompt, n_sink: int) -> Int[Tensor, " key_pos"]:
+    """The mask row of each key position: relevant, sink, other or distractor ``i``.
+
+    The same partition as :func:`focuslens.scores.span_masks` (row ``3 + i`` is
+    distractor ``i``) as one label per key, so it stays ``O(n)`` with thousands of spans.
+    """
+    n = len(tp)
+    labels = torch.full((n,), _OTHER, dtype=torch.long)
+    labels[:n_sink] = _SINK
+    spans = [("relevant", tp.relevant, _REL)] + [
+        (f"distractor {i}", s, _FIRST_DISTRACTOR + i) for i, s in enumerate(tp.distractors)
+    ]
+    clash = [name for name, s, _ in spans if s is not None and s[0] < n_sink]
+    if clash:
+        raise ValueError(
+            f"the sink positions [0, {n_sink}) overlap the {', '.join(clash)} span(s) of prompt "
+            f"{tp.source.text[:60]!r}; pass a smaller sink (sink=0 disables it) or prepend BOS"
+        )
+    for _, span, label in spans:
+        if span is not None:
+            labels[span[0] : span[1]] = label
+    return labels
+
+
+# --------------------------------------------------------------------- scores from keys
+def row_log_sum_exp(
+    q: Float[Tensor, "head_index n_rows d_head"],
+    rows: Int[Tensor, " n_rows"],
+    k: Float[Tensor, "key_pos head_index d_head"],
+    scale: float,
+    block: int,
+) -> Float[Tensor, "head_index n_rows"]:
+    """Log-sum-exp of each row's causal attention logits, over key blocks, with a
+    running maximum (never more than ``head x row x block`` logits at once)."""
+    h, r, _ = q.shape
+    run_max = torch.full((h, r), -torch.inf, device=q.device)
+    run_sum = torch.zeros(h, r, device=q.device)
+    for start in range(0, int(rows.max()) + 1, block):
+        logits = _block_logits(q, rows, k, scale, start, block)
+        new_max = torch.maximum(run_max, logits.amax(-1))
+        safe = torch.where(torch.isfinite(new_max), new_max, torch.zeros_like(new_max))
+        run_sum = run_sum * torch.exp(run_max - safe) + torch.exp(logits - safe[..., None]).sum(-1)
+        run_max = new_max
+    return run_max + torch.log(run_sum)
+
+
+def _block_logits(
+    q: Tensor, rows: Tensor, k: Tensor, scale: float, start: int, block: int
+) -> Tensor:
+    """``[head, row, block]`` causal logits of keys ``start : start + block``."""
+    kb = k[start : start + block].to(device=q.device, dtype=q.dtype)
+    logits = torch.einsum("hrd,bhd->hrb", q, kb) / scale
+    keys = torch.arange(start, start + kb.shape[0], device=q.device)
+    causal = keys[None, :] <= rows[:, None].to(q.device)
+    return logits.masked_fill(~causal[None], -torch.inf)
+
+
+def span_mass_from_keys(
+    q: Float[Tensor, "n_rows head_index d_head"],
+    rows: Int[Tensor, " n_rows"],
+    k: Float[Tensor, "key_pos kv_head_index d_head"],
+    labels: Int[Tensor, " key_pos"],
+    n_masks: int,
+    scale: float,
+    block_elements: int = KEY_BLOCK_ELEMENTS,
+) -> Float[Tensor, "head_index n_masks"]:
+    """Attention mass of query rows on labelled key spans, without building a pattern.
+
+    ``mass[h, m] = sum over rows i of sum over keys j <= i with labels[j] == m of
+    softmax_j(q[i, h] . k[j, kv(h)] / scale)``: summed over the rows, not averaged.
+
+    Args:
+        q: The rows' (rotated) queries.
+        rows: Their absolute positions (each attends to keys ``0 .. rows[i]``).
+        k: All (rotated) keys of the layer; grouped heads are repeated as in
+            TransformerLens (query head ``h`` reads key head ``h // (n_heads / n_kv)``).
+        labels: Mask index of each key (:func:`span_labels`).
+        n_masks: Number of masks (rows of the result).
+        scale: The layer's ``attn_scale``.
+        block_elements: Most ``head x row x key`` logits held at once.
+    """
+    n_heads = q.shape[1]
+    if n_heads % k.shape[1]:
+        raise ValueError(f"{n_heads} query heads cannot share {k.shape[1]} key heads evenly")
+    k = k.repeat_interleave(n_heads // k.shape[1], dim=1) if k.shape[1] != n_heads else k
+    qf = q.float().permute(1, 0, 2)
+    block = max(1, block_elements // (n_heads * q.shape[0]))
+    lse = row_log_sum_exp(qf, rows, k, scale, block)
+    mass = torch.zeros(n_heads, n_masks, device=q.device)
+    for start in range(0, int(rows.max()) + 1, block):
+        logits = _block_logits(qf, rows, k, scale, start, block)
+        p = torch.exp(logits - lse[..., None]).sum(1)
+        mass.index_add_(1, labels[start : start + p.shape[-1]].to(q.device), p)
+    return mass
+
+
+# ------------------------------------------------------------------ collectors per route
+@dataclass
+class _Collector:
+    """Hooks that reduce one prompt's scored rows to ``[n_layers, n_heads, n_masks]``
+    sums over rows, chunk by chunk. ``span`` is the current chunk ``(start, end)``."""
+
+    model: Any
+    rows: Tensor
+    labels: Tensor
+    n_masks: int
+    cache: Any
+    n_total: int
+    span: tuple[int, int] = (0, 0)
+    out: dict[int, Tensor] = field(default_factory=dict)
+
+    def set_chunk(self, start: int, end: int) -> None:
+        self.span = (start, end)
+
+    def local_rows(self) -> Tensor:
+        start, end = self.span
+        inside = (self.rows >= start) & (self.rows < end)
+        return self.rows[inside] - start
+
+    def result(self) -> Tensor:
+        n_layers = self.model.cfg.n_layers
+        if sorted(self.out) != list(range(n_layers)):
+            raise RuntimeError(
+                f"scores were computed for layers {sorted(self.out)}, expected 0..{n_layers - 1};"
+                " this backend does not fire the attention hooks focuslens expects"
+            )
+        return torch.stack([self.out[layer].cpu() for layer in range(n_layers)])
+
+
+class _PatternCollector(_Collector):
+    """Sums each chunk's ``hook_pattern`` rows over the spans."""
+
+    def fwd_hooks(self) -> list[tuple[str, Callable]]:
+        return [
+            (f"blocks.{layer}.attn.hook_pattern", self._hook(layer))
+            for layer in range(self.model.cfg.n_layers)
+        ]
+
+    def _hook(self, layer: int) -> Callable:
+        def hook(pattern: Tensor, hook: Any) -> None:
+            local = self.local_rows().to(pattern.device)
+            if local.numel() == 0:
+                return
+            per_key = pattern[0][:, local, :].float().sum(1)  # head key_pos
+            mass = torch.zeros(per_key.shape[0], self.n_masks, device=pattern.device)
+            labels = self.labels[: per_key.shape[-1]].to(pattern.device)
+            mass.index_add_(1, labels, per_key)
+            self.out[layer] = self.out.get(layer, 0) + mass
+
+        return hook
+
+
+class _KeysCollector(_Collector):
+    """Keeps the scored rows' queries; in the last chunk, reads the keys and computes the
+    span masses blockwise (:func:`span_mass_from_keys`)."""
+
+    queries: dict[int, list[Tensor]]
+
+    def fwd_hooks(self) -> list[tuple[str, Callable]]:
+        self.queries = {}
+        out = []
+        for layer in range(self.model.cfg.n_layers):
+            out.append((query_hook_name(self.model, layer), self._query_hook(layer)))
+            out.append((key_hook_name(self.model, layer), self._key_hook(layer)))
+        return out
+
+    def _query_hook(self, layer: int) -> Callable:
+        def hook(q: Tensor, hook: Any) -> None:
+            local = self.local_rows().to(q.device)
+            if local.numel():
+                self.queries.setdefault(layer, []).append(q[0, local].detach().clone())
+
+        return hook
+
+    def _key_hook(self, layer: int) -> Callable:
+        def hook(k: Tensor, hook: Any) -> None:
+            if self.span[1] != self.n_total:
+                return
+            keys = k[0]
+            if keys.shape[0] != self.n_total:  # hook_k: this chunk only; the rest is cached
+                past = self.cache[layer].past_keys[0].to(keys.device, keys.dtype)
+                keys = torch.cat([past, keys])
+            q = torch.cat(self.queries.pop(layer))
+            scale = float(self.model.blocks[layer].attn.attn_scale)
+            self.out[layer] = span_mass_from_keys(
+                q, self.rows.to(q.device), keys, self.labels, self.n_masks, scale
+            )
+
+        return hook
+
+
+_COLLECTORS: dict[str, type[_Collector]] = {"keys": _KeysCollector, "pattern": _PatternCollector}
+
+
+def keys_route_unsupported(model: Any) -> str | None:
+    """Why the ``"keys"`` route cannot reproduce this model's attention, or None."""
+    cfg = model.cfg
+    reasons = {
+        "ALiBi or relative position biases": cfg.positional_embedding_type
+        in ("alibi", "relative_positional_bias"),
+        "attention-score soft-capping": (getattr(cfg, "attn_scores_soft_cap", -1) or -1) > 0,
+        "learned attention sinks": bool(getattr(cfg, "use_attention_sinks", False)),
+        "log-n attention scaling": bool(getattr(cfg, "use_logn_attn", False)),
+        "local attention windows": "local" in (getattr(cfg, "attn_types", None) or ()),
+        "q/k clipping after hook_q": getattr(cfg, "clip_qkv", None) is not None
+        and not rotary(model),
+        "non-causal attention": getattr(cfg, "attention_dir", "causal") != "causal",
+    }
+    found = [name for name, hit in reasons.items() if hit]
+    return ", ".join(found) if found else None
+
+
+def attention_hooks_active(model: Any) -> list[str]:
+    """Hook points on attention scores or patterns that have hooks registered."""
+    return [
+        name
+        for name, point in model.hook_dict.items()
+        if name.endswith(("hook_attn_scores", "hook_pattern")) and len(point._forward_hooks)
+    ]
+
+
+def resolve_scores_from(model: Any, scores_from: str) -> str:
+    """``"keys"`` or ``"pattern"`` for ``scores_from`` (see the module docstring)."""
+    if scores_from not in ("auto", *_COLLECTORS):
+        raise ValueError(f"scores_from must be 'auto', 'keys' or 'pattern', got {scores_from!r}")
+    why = keys_route_unsupported(model)
+    active = attention_hooks_active(model)
+    if scores_from == "keys":
+        if why or active:
+            problem = why or f"hooks are registered on {active[:3]}"
+            raise ValueError(
+                f"scores_from='keys' would not match this model's attention ({problem}); "
+                "use scores_from='pattern' or 'auto'"
+            )
+        return "keys"
+    if scores_from == "auto":
+        return "pattern" if why or active else "keys"
+    return scores_from
+
+
+# ------------------------------------------------------------------------ scores
+def _prompt_masses(
+    model: Any, tp: TokenizedPrompt, rows: list[int], sink: int, size: int, route: str
+) -> Tensor:
+    """``[n_layers, n_heads, 3 + n_distractors]`` span masses, averaged over rows."""
+    cache = new_cache(model)
+    labels = span_labels(tp, sink)
+    collector = _COLLECTORS[route](
+        model=model,
+        rows=torch.tensor(rows, dtype=torch.long),
+        labels=labels,
+        n_masks=_FIRST_DISTRACTOR + len(tp.distractors),
+        cache=cache,
+        n_total=len(tp),
+    )
+    with hooks(model, collector.fwd_hooks()):
+        _run_chunks(model, tp.tokens, size, cache, on_chunk=collector.set_chunk)
+    return collector.result() / len(rows)
+
+
+def chunked_contextual_scores(
+    model: Any,
+    prompts: Sequence[LabeledPrompt],
+    *,
+    chunk_size: int | None = None,
+    max_memory: int | float | str | None = None,
+    scores_from: ScoresFrom = "auto",
+    query: QueryRows = "response",
+    sink: int = 2,
+    prepend_bos: bool | None = None,
+    require_relevant: bool = True,
+    progress: bool = False,
+) -> ContextualScores:
+    """:func:`focuslens.contextual_scores` through chunked prefill, for long prompts.
+
+    ``contextual_scores(..., chunk_size=...)`` or ``max_memory=...`` calls this. Prompts
+    run one at a time (no padding), each in chunks through the KV cache; the numbers are
+    those of the one-pass computation.
+
+    Args:
+        model: A ``HookedTransformer``.
+        prompts: Labelled prompts (see :func:`focuslens.contextual_scores`).
+        chunk_size: Tokens per chunk (default :data:`DEFAULT_CHUNK_SIZE`).
+        max_memory: Instead of ``chunk_size``: a budget (bytes or ``"8GiB"``); the chunk
+            size is picked per prompt with :func:`chunk_size_for`.
+        scores_from: ``"auto"``, ``"keys"`` or ``"pattern"`` (module docstring).
+        query, sink, prepend_bos, require_relevant, progress: As in
+            :func:`focuslens.contextual_scores`.
+
+    Returns:
+        :class:`focuslens.ContextualScores`; ``meta`` records the chunk sizes and route.
+
+    Example:
+        >>> import focuslens
+        >>> model = focuslens.load_demo_model()
+        >>> prompts = focuslens.tasks.synthetic_retrieval(2, n_documents=8, seed=0)
+        >>> a = focuslens.contextual_scores(model, prompts)
+        >>> b = focuslens.contextual_scores(model, prompts, chunk_size=16)
+        >>> bool((a.relevant - b.relevant).abs().max() < 1e-5)
+        True
+    """
+    if chunk_size is not None:
+        check_chunk_size(chunk_size)
+    if max_memory is not None:
+        parse_memory(max_memory)
+    _check_model(model)
+    route = resolve_scores_from(model, scores_from)
+    tps = prepare(
+        model,
+        prompts,
+        query=query,
+        sink=sink,
+        prepend_bos=prepend_bos,
+        require_relevant=require_relevant,
+    )
+    n_masks = _FIRST_DISTRACTOR + max(len(tp.distractors) for tp in tps)
+    items: Any = enumerate(tps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, total=len(tps), desc="contextual scores (chunked)", unit="prompt")
+    raw, sizes = [], []
+    for idx, tp in items:
+        try:
+            size = resolve_chunk_size(model, len(tp), chunk_size, max_memory)
+        except ValueError as exc:
+            raise ValueError(f"prompt {idx}: {exc}") from None
+        masses = _prompt_masses(model, tp, query_rows(tp, query), sink, size, route)
+        raw.append(torch.nn.functional.pad(masses, (0, n_masks - masses.shape[-1])))
+        sizes.append(size)
+    per_example = _reduce(torch.stack(raw), tps)
+    meta = {
+        "model": getattr(model.cfg, "model_name", None),
+        "n_examples": len(tps),
+        "chunk_sizes": sizes,
+        "scores_from": route,
+    }
+    return ContextualScores.from_per_example(per_example, query=query, n_sink=sink, meta=meta)
+
+
+__all__ = [
+    "DEFAULT_CHUNK_SIZE",
+    "attention_cache_bytes",
+    "attention_hooks_active",
+    "check_chunk_size",
+    "chunk_bounds",
+    "chunk_size_for",
+    "chunked_contextual_scores",
+    "chunked_forward",
+    "estimate_memory",
+    "keys_route_unsupported",
+    "kv_cache_bytes",
+    "new_cache",
+    "parse_memory",
+    "resolve_chunk_size",
+    "resolve_scores_from",
+    "row_log_sum_exp",
+    "span_labels",
+    "span_mass_from_keys",
+]
