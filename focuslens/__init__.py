@@ -1,14 +1,21 @@
 """focuslens: which attention heads decide what a language model reads in a long context,
 and can we make it read the right part?"""
 
+from focuslens import plots
+from focuslens.attention import AttentionMap, attention_map_data
 from focuslens.evaluate import EvalResult, evaluate
 from focuslens.heads import HeadSet
 from focuslens.scores import ContextualScores, contextual_scores
+from focuslens.report import Report
 from focuslens.spans import LabeledPrompt, TokenizedPrompt, tokenize_prompt
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "AttentionMap",
+    "Report",
+    "attention_map_data",
+    "plots",
     "ContextualScores",
     "EvalResult",
     "HeadSet",
