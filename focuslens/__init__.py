@@ -5,8 +5,8 @@ from focuslens import plots
 from focuslens.attention import AttentionMap, attention_map_data
 from focuslens.evaluate import EvalResult, evaluate
 from focuslens.heads import HeadSet
-from focuslens.scores import ContextualScores, contextual_scores
 from focuslens.report import Report
+from focuslens.scores import ContextualScores, contextual_scores
 from focuslens.spans import LabeledPrompt, TokenizedPrompt, tokenize_prompt
 
 __version__ = "0.1.0"
