@@ -132,3 +132,27 @@ def tiny_model(
 def random_text(rng: torch.Generator, n_words: int) -> str:
     idx = torch.randint(len(WORDS), (n_words,), generator=rng).tolist()
     return " ".join(WORDS[i] for i in idx)
+
+
+def labeled_prompts(n: int, *, seed: int = 0, n_docs: int = 4, response: bool = True) -> list:
+    """``n`` word-tokenizer prompts of different lengths and gold positions, each with a
+    teacher-forced response of 1-3 words (or none), which is also the gold answer."""
+    from focuslens.spans import LabeledPrompt
+
+    rng = torch.Generator().manual_seed(seed)
+    prompts = []
+    for i in range(n):
+        docs = [("w1", random_text(rng, 2 + (i + d) % 5)) for d in range(n_docs + i % 3)]
+        gold = i % len(docs)
+        answer = random_text(rng, 1 + i % 3)
+        prompts.append(
+            LabeledPrompt.from_documents(
+                "w7 w8",
+                docs,
+                gold,
+                [answer],
+                instruction="w9 w10",
+                response=answer if response else None,
+            )
+        )
+    return prompts
