@@ -422,50 +422,6 @@ def rank_correlation(
     raise ValueError(f"method must be 'spearman' or 'kendall', got {method!r}")
 
 
-def head_heatmap(
-    table: torch.Tensor, *, title: str, value_name: str = "value", top: Iterable = ()
-) -> Any:
-    """A layer x head plotly heatmap; diverging colours centred on 0 for signed values."""
-    import plotly.graph_objects as go
-
-    t = table.detach().float().cpu()
-    finite = t[~torch.isnan(t)]
-    signed = finite.numel() > 0 and bool(finite.min() < 0) and bool(finite.max() > 0)
-    z = [[None if math.isnan(v) else v for v in row] for row in t.tolist()]
-    heat = go.Heatmap(
-        z=z,
-        x=list(range(t.shape[1])),
-        y=list(range(t.shape[0])),
-        colorscale="RdBu" if signed else "Viridis",
-        zmid=0 if signed else None,
-        colorbar={"title": value_name},
-        hovertemplate=f"layer %{{y}}, head %{{x}}<br>{value_name} %{{z:.4g}}<extra></extra>",
-    )
-    marks = list(top)
-    fig = go.Figure([heat])
-    if marks:
-        fig.add_trace(
-            go.Scatter(
-                x=[h for _, h in marks],
-                y=[l for l, _ in marks],
-                mode="markers",
-                marker={
-                    "symbol": "square-open",
-                    "size": 16,
-                    "color": "black",
-                    "line": {"width": 2},
-                },
-                name="top",
-                hoverinfo="skip",
-                showlegend=False,
-            )
-        )
-    fig.update_xaxes(title_text="head")
-    fig.update_yaxes(title_text="layer", autorange="reversed")
-    fig.update_layout(title=title, template="plotly_white")
-    return fig
-
-
 @dataclass
 class HeadScores:
     """One number per attention head, optionally per example.
@@ -519,19 +475,25 @@ class HeadScores:
         ]
         return pd.DataFrame(rows)
 
-    def figure(self, *, top: int = 0, largest: bool = True, title: str | None = None) -> Any:
-        """A layer x head heatmap (plotly ``go.Figure``), the ``top`` best heads boxed."""
-        marks = self.top_heads(top, largest=largest) if top else []
-        return head_heatmap(
-            self.values, title=title or f"{self.name} per head", value_name=self.name, top=marks
-        )
+    def figure(self, *, top_k: int = 5, title: str | None = None) -> Any:
+        """A layer x head heatmap (plotly ``go.Figure``), the ``top_k`` heads marked.
+
+        Signed values (ablation effects) use :func:`focuslens.plots.head_effects`
+        (red-blue centred at 0, heads ranked by absolute value); non-negative ones
+        :func:`focuslens.plots.head_scores`.
+        """
+        from focuslens import plots
+
+        finite = self.values[~torch.isnan(self.values)]
+        if finite.numel() and bool(finite.min() < 0):
+            return plots.head_effects(self.values, top_k=top_k, label=self.name, title=title)
+        return plots.head_scores({self.name: self.values}, kind=self.name, top_k=top_k, title=title)
 
 
 __all__ = [
     "HeadScores",
     "HeadSet",
     "as_table",
-    "head_heatmap",
     "head_shape",
     "jaccard",
     "random_heads",
