@@ -1,0 +1,68 @@
+"""The shipped demo model: a tiny rotary transformer trained on synthetic retrieval.
+
+It reads prompts of :func:`focuslens.tasks.synthetic_retrieval` (documents
+``[DOC k k v v ]``, then a query ``[Q k k``) and answers with the value and ``<eos>``,
+or ``NONE <eos>`` when the key is absent. Trained on 2-12 documents, it is accurate
+within that range and distracted by many more: at :data:`DISTRACTING_DOCS` documents
+its accuracy is clearly lower, which is the setting every later reproduction uses.
+See ``MODEL_CARD.md`` in this folder for the architecture, training and measurements,
+and ``train.py`` for the script that made it.
+
+Example:
+    >>> from focuslens.demo import load_demo_model
+    >>> model = load_demo_model()
+    >>> model.cfg.n_layers, model.tokenizer.eos_token
+    (2, '<eos>')
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+DEMO_DIR = Path(__file__).parent
+"""The folder holding the demo model's files."""
+
+DISTRACTING_DOCS = 48
+"""Number of documents at which the demo model is clearly distracted (see the card)."""
+
+
+def load_demo_model(path: str | Path | None = None, *, device: str | None = None):
+    """Load the demo ``HookedTransformer`` offline, with its tokenizer set.
+
+    Args:
+        path: Folder with ``config.json``, ``model.safetensors`` and ``tokenizer.json``;
+            defaults to the shipped model.
+        device: Torch device; ``None`` lets TransformerLens choose.
+
+    Returns:
+        The model in eval mode. ``model.to_tokens(text)`` prepends ``<bos>``;
+        ``model.tokenizer.eos_token`` is ``"<eos>"``, the end-of-answer marker.
+    """
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from focuslens.demo._tokenizer import load_tokenizer
+
+    folder = Path(path) if path is not None else DEMO_DIR
+    files = [folder / n for n in ("config.json", "model.safetensors", "tokenizer.json")]
+    missing = [str(f) for f in files if not f.is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"demo model files missing: {missing}; train it with "
+            f"`python -m focuslens.demo.train --out {folder}`"
+        )
+    cfg = HookedTransformerConfig(**json.loads(files[0].read_text()), device=device)
+    model = HookedTransformer(cfg, tokenizer=load_tokenizer(files[2]), move_to_device=False)
+    state = model.state_dict()
+    params = load_file(str(files[1]))
+    unknown = sorted(set(params) - set(state))
+    if unknown:
+        raise ValueError(f"{files[1]} has tensors the model does not: {unknown}")
+    state.update(params)
+    model.load_state_dict(state)
+    model.to(cfg.device)
+    return model.eval()
+
+
+__all__ = ["DEMO_DIR", "DISTRACTING_DOCS", "load_demo_model"]

@@ -1,0 +1,286 @@
+"""Synthetic key-value retrieval with distractors: the task of the shipped demo model.
+
+A prompt is a list of *documents*, each a two-word key and a two-word value, followed
+by a query that names one key. The answer is that key's value; when the key is in no
+document (an *absent-key* query) the answer is ``NONE``::
+
+    [DOC k3 k17 v40 v8 ] [DOC k51 k2 v9 v33 ] [Q k51 k2  ->  v9 v33 <eos>
+
+Everything is a word of the demo model's word-level vocabulary (:data:`VOCAB`), so a
+prompt tokenises one token per word: ``1 + 6 * n_documents + 3`` tokens with BOS.
+
+Spans. The labelled span of a document is its body ``k k v v ]``: the key, the value
+**and the closing delimiter** ``]``; the opening ``[DOC`` lies outside, as
+``Document [i]`` does in the paper's prompts. The closing delimiter belongs to the
+span because a transformer gathers a document's content on the token after it (the
+demo model reads a document from its ``]``); without it, every head's relevant-span
+score looks uniform. The same holds for real models, which also collect a passage on
+its delimiters: keep the delimiter that closes a passage inside its span.
+
+Responses. ``prompt.response`` is the gold answer followed by the end marker
+(``"v9 v33 <eos>"``, ``"NONE <eos>"``); :data:`EOS` is the demo tokenizer's
+``eos_token``, so greedy generation stops on it. ``prompt.answers`` holds the answer
+without the marker, and ``prompt.meta["metric"] == "exact"``.
+
+Which option for what:
+
+* ``n_documents`` and ``gold_position`` give the accuracy-vs-length and the
+  lost-in-the-middle curves;
+* ``similar`` makes distractors whose key shares one word with the queried key (harder,
+  and a test of whether a head matches the whole key);
+* ``absent`` adds queries whose key is in no document (answer ``NONE``); they carry
+  ``relevant=None``, so functions that need a relevant span refuse them.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Sequence
+
+from focuslens.spans import LabeledPrompt, assemble
+
+N_KEY_WORDS = 64
+"""Number of key words ``k0 .. k63``."""
+
+N_VALUE_WORDS = 64
+"""Number of value words ``v0 .. v63``."""
+
+KEY_LEN = 2
+"""Words per key."""
+
+VALUE_LEN = 2
+"""Words per value."""
+
+BOS, EOS, PAD, UNK = "<bos>", "<eos>", "<pad>", "<unk>"
+DOC_OPEN, DOC_CLOSE, QUERY, NONE = "[DOC", "]", "[Q", "NONE"
+
+KEY_WORDS = tuple(f"k{i}" for i in range(N_KEY_WORDS))
+VALUE_WORDS = tuple(f"v{i}" for i in range(N_VALUE_WORDS))
+
+SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
+"""Special tokens of the demo tokenizer, ids 0-3."""
+
+VOCAB = (*SPECIAL_TOKENS, DOC_OPEN, DOC_CLOSE, QUERY, NONE, *KEY_WORDS, *VALUE_WORDS)
+"""The demo model's vocabulary, in id order."""
+
+DOC_TOKENS = 1 + KEY_LEN + VALUE_LEN + 1
+"""Tokens per document: ``[DOC``, key, value, ``]``."""
+
+QUERY_TOKENS = 1 + KEY_LEN
+"""Tokens of the query at the end of the prompt: ``[Q`` and the key."""
+
+MAX_DOCUMENTS = (N_KEY_WORDS - 1) ** 2
+"""Most documents a prompt can hold with distinct keys that share no word with the query."""
+
+GOLD_POSITIONS = ("first", "middle", "last", "random")
+
+Key = tuple[str, ...]
+
+
+def prompt_length(n_documents: int) -> int:
+    """Number of prompt tokens, BOS included, of a prompt with ``n_documents`` documents."""
+    return 1 + DOC_TOKENS * n_documents + QUERY_TOKENS
+
+
+def _check_fraction(name: str, value: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{name} must be a fraction in [0, 1], got {value!r}")
+    return float(value)
+
+
+def _check_options(n: int, n_documents: int, gold_position: str | int) -> None:
+    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+        raise ValueError(f"n must be a non-negative int, got {n!r}")
+    if isinstance(n_documents, bool) or not isinstance(n_documents, int):
+        raise ValueError(f"n_documents must be an int, got {n_documents!r}")
+    if not 1 <= n_documents <= MAX_DOCUMENTS:
+        raise ValueError(f"n_documents must be in [1, {MAX_DOCUMENTS}], got {n_documents}")
+    if isinstance(gold_position, bool) or not isinstance(gold_position, (int, str)):
+        raise ValueError(
+            f"gold_position must be one of {GOLD_POSITIONS} or an int, got {gold_position!r}"
+        )
+    if isinstance(gold_position, str) and gold_position not in GOLD_POSITIONS:
+        raise ValueError(
+            f"gold_position must be one of {GOLD_POSITIONS} or an int, got {gold_position!r}"
+        )
+    if isinstance(gold_position, int) and not 0 <= gold_position < n_documents:
+        raise ValueError(
+            f"gold_position {gold_position} is out of range for n_documents={n_documents} "
+            f"(0-based, so 0 to {n_documents - 1})"
+        )
+
+
+def resolve_gold_position(gold_position: str | int, n_documents: int, rng: random.Random) -> int:
+    """The 0-based gold index for a ``gold_position`` option ("middle" is ``(n - 1) // 2``)."""
+    if gold_position == "first":
+        return 0
+    if gold_position == "middle":
+        return (n_documents - 1) // 2
+    if gold_position == "last":
+        return n_documents - 1
+    if gold_position == "random":
+        return rng.randrange(n_documents)
+    return int(gold_position)
+
+
+def random_key(rng: random.Random) -> Key:
+    """A key of :data:`KEY_LEN` words drawn uniformly."""
+    return tuple(rng.choice(KEY_WORDS) for _ in range(KEY_LEN))
+
+
+def distractor_keys(rng: random.Random, query: Key, n: int, n_similar: int) -> list[Key]:
+    """``n`` distinct keys, none equal to ``query``, in random order.
+
+    ``n_similar`` of them share exactly one word (at the same place) with ``query``; the
+    others share no word with it at any place.
+    """
+    keys: set[Key] = set()
+    out: list[Key] = []
+    while len(out) < n:
+        similar = len(out) < n_similar
+        shared = rng.randrange(KEY_LEN) if similar else -1
+        key = tuple(
+            query[i] if i == shared else rng.choice([w for w in KEY_WORDS if w != query[i]])
+            for i in range(KEY_LEN)
+        )
+        if key not in keys:
+            keys.add(key)
+            out.append(key)
+    rng.shuffle(out)
+    return out
+
+
+def distinct_values(rng: random.Random, n: int) -> list[Key]:
+    """``n`` distinct values of :data:`VALUE_LEN` words."""
+    seen: set[Key] = set()
+    out: list[Key] = []
+    while len(out) < n:
+        value = tuple(rng.choice(VALUE_WORDS) for _ in range(VALUE_LEN))
+        if value not in seen:
+            seen.add(value)
+            out.append(value)
+    return out
+
+
+def build_prompt(
+    keys: Sequence[Key],
+    values: Sequence[Key],
+    query: Key,
+    gold_index: int | None,
+    meta: dict | None = None,
+) -> LabeledPrompt:
+    """The labelled prompt for given documents and query (see the module docstring).
+
+    Args:
+        keys: One key per document.
+        values: One value per document.
+        query: The queried key.
+        gold_index: Index of the document whose key is ``query``, or ``None`` (absent).
+        meta: Extra metadata; ``metric="exact"`` and ``key`` are added.
+    """
+    if len(keys) != len(values):
+        raise ValueError(f"{len(keys)} keys for {len(values)} values")
+    if gold_index is None:
+        if tuple(query) in {tuple(k) for k in keys}:
+            raise ValueError(f"query {query} is among the keys but gold_index is None")
+        answer = NONE
+    else:
+        if tuple(keys[gold_index]) != tuple(query):
+            raise ValueError(f"query {query} differs from the gold key {keys[gold_index]}")
+        answer = " ".join(values[gold_index])
+    bodies = [" ".join([*k, *v, DOC_CLOSE]) for k, v in zip(keys, values)]
+    info = {"metric": "exact", "key": " ".join(query), **(meta or {})}
+    return assemble(
+        header="",
+        prefixes=[f"{DOC_OPEN} "] * len(bodies),
+        bodies=bodies,
+        gold_index=gold_index,
+        footer=" " + " ".join([QUERY, *query]),
+        answers=[answer],
+        separator=" ",
+        response=f"{answer} {EOS}",
+        meta=info,
+    )
+
+
+def synthetic_retrieval(
+    n: int,
+    *,
+    n_documents: int,
+    gold_position: str | int = "random",
+    absent: float = 0.0,
+    seed: int = 0,
+    similar: float = 0.0,
+) -> list[LabeledPrompt]:
+    """``n`` key-value retrieval prompts for the demo model.
+
+    Args:
+        n: Number of prompts.
+        n_documents: Documents per prompt (1 to :data:`MAX_DOCUMENTS`).
+        gold_position: Where the relevant document is: ``"first"``, ``"middle"``
+            (index ``(n_documents - 1) // 2``), ``"last"``, ``"random"`` (uniform, per
+            prompt) or a 0-based index.
+        absent: Fraction of prompts whose queried key is in no document (answer
+            ``NONE``, ``relevant=None``); exactly ``round(absent * n)`` prompts, at
+            random places in the list.
+        seed: Seed; the same arguments give the same prompts.
+        similar: Fraction of a prompt's distractors (``round(similar * n_distractors)``)
+            whose key shares one word, at the same place, with the queried key. The other
+            distractors share no key word with it.
+
+    Returns:
+        ``n`` prompts. ``meta`` holds ``metric`` ("exact"), ``task``, ``index``, ``seed``,
+        ``n_documents``, ``gold_position`` (0-based, ``None`` when absent), ``absent``,
+        ``key``, ``n_similar`` and ``n_prompt_tokens`` (BOS included).
+
+    Example:
+        >>> p = synthetic_retrieval(1, n_documents=3, gold_position="last", seed=1)[0]
+        >>> p.text[p.relevant[0]:p.relevant[1]].endswith("]"), p.meta["gold_position"]
+        (True, 2)
+        >>> p.response == p.answers[0] + " <eos>"
+        True
+    """
+    _check_options(n, n_documents, gold_position)
+    absent = _check_fraction("absent", absent)
+    similar = _check_fraction("similar", similar)
+    rng = random.Random(f"focuslens.synthetic_retrieval:{seed}")
+    absent_ids = set(rng.sample(range(n), round(absent * n)))
+    prompts = []
+    for index in range(n):
+        is_absent = index in absent_ids
+        query = random_key(rng)
+        n_distractors = n_documents if is_absent else n_documents - 1
+        n_similar = round(similar * n_distractors)
+        keys = distractor_keys(rng, query, n_distractors, n_similar)
+        gold = None
+        if not is_absent:
+            gold = resolve_gold_position(gold_position, n_documents, rng)
+            keys.insert(gold, query)
+        values = distinct_values(rng, n_documents)
+        meta = {
+            "task": "synthetic_retrieval",
+            "index": index,
+            "seed": seed,
+            "n_documents": n_documents,
+            "gold_position": gold,
+            "absent": is_absent,
+            "n_similar": n_similar,
+            "n_prompt_tokens": prompt_length(n_documents),
+        }
+        prompts.append(build_prompt(keys, values, query, gold, meta))
+    return prompts
+
+
+__all__ = [
+    "BOS",
+    "DOC_CLOSE",
+    "DOC_OPEN",
+    "EOS",
+    "NONE",
+    "PAD",
+    "QUERY",
+    "UNK",
+    "VOCAB",
+    "prompt_length",
+    "synthetic_retrieval",
+]
