@@ -343,3 +343,47 @@ def test_memory_arithmetic():
     assert estimate_memory(model, n, 38) > budget
     assert chunk_size_for(model, n, "1GiB") == n
     assert estimate_memory(model, n, 10**6) == estimate_memory(model, n, n)
+
+
+# ------------------------------------------------------------------ prompts of a length
+@pytest.mark.parametrize("n_tokens", [10, 100, 1001])
+def test_synthetic_prompts_of_a_requested_length(n_tokens):
+    pytest.importorskip("focuslens.tasks.synthetic")
+    from focuslens.longctx import synthetic_retrieval_of_length
+
+    prompts = synthetic_retrieval_of_length(3, n_tokens=n_tokens, seed=1, gold_position="last")
+    for p in prompts:
+        n_prompt = len(p.text.split()) + 1  # one token per word, plus BOS
+        assert p.meta["n_prompt_tokens"] == n_prompt
+        assert n_tokens - 6 < n_prompt <= n_tokens  # one more document would not fit
+        assert p.meta["target_n_tokens"] == n_tokens
+        assert p.meta["gold_position"] == p.n_documents - 1
+
+
+def test_synthetic_lengths_out_of_reach_are_refused():
+    pytest.importorskip("focuslens.tasks.synthetic")
+    from focuslens.longctx import synthetic_retrieval_of_length
+
+    with pytest.raises(ValueError, match="n_tokens=5 is too short"):
+        synthetic_retrieval_of_length(1, n_tokens=5)
+    with pytest.raises(ValueError, match="too long for the synthetic task.*qa_prompt_of_length"):
+        synthetic_retrieval_of_length(1, n_tokens=40_000)
+    with pytest.raises(ValueError, match="not both"):
+        synthetic_retrieval_of_length(1, n_tokens=100, n_documents=3)
+
+
+def test_qa_prompts_of_a_requested_length_score_the_same_chunked():
+    from _tiny import random_text
+
+    from focuslens.tasks import qa_prompt_of_length
+
+    model = tiny_model("rotary")
+    gen = torch.Generator().manual_seed(3)
+    pool = [("w1", random_text(gen, 12)) for _ in range(30)]
+    prompt = qa_prompt_of_length(
+        "w7 w8", ["w9"], ("w2", random_text(gen, 12)), pool, tokenizer=model, n_tokens=200
+    ).with_response("w3 w4")
+    n_prompt = tokenize_prompt(model, prompt).n_prompt
+    assert 200 - 20 < n_prompt <= 200 and prompt.meta["n_tokens"] == n_prompt
+    one_pass = contextual_scores(model, [prompt])
+    assert_scores_close(one_pass, contextual_scores(model, [prompt], chunk_size=64))
