@@ -5,6 +5,7 @@ from focuslens import plots
 from focuslens.attention import AttentionMap, attention_map_data
 from focuslens.evaluate import EvalResult, evaluate
 from focuslens.heads import HeadSet
+from focuslens.longctx import chunked_contextual_scores, chunked_forward
 from focuslens.report import Report
 from focuslens.scores import ContextualScores, contextual_scores
 from focuslens.spans import LabeledPrompt, TokenizedPrompt, tokenize_prompt
@@ -19,6 +20,8 @@ __all__ = [
     "ContextualScores",
     "EvalResult",
     "HeadSet",
+    "chunked_contextual_scores",
+    "chunked_forward",
     "contextual_scores",
     "evaluate",
     "LabeledPrompt",
