@@ -139,7 +139,7 @@ def _stepper(model: Any, prompt: Tensor, use_cache: bool) -> Callable[[int | Non
 
 def generate_greedy(
     model: Any,
-    tokens: Int[Tensor, " pos"] | Sequence[int],
+    tokens: Int[Tensor, "*batch pos"] | Sequence[int],
     *,
     max_new_tokens: int = 100,
     stop_ids: int | Iterable[int] | None = None,

@@ -70,7 +70,7 @@ def test_exact_match_and_registry():
         get_metric("f1")
     with pytest.raises(ValueError, match="no gold answers"):
         best_subspan_em("x", [])
-    with pytest.raises(ValueError, match="must be strings"):
+    with pytest.raises((ValueError, TypeError)):  # TypeError under jaxtyping checks
         exact_match("x", [1])
 
 
@@ -360,9 +360,9 @@ def test_evaluate_errors_and_edge_cases(model, capsys):
         evaluate(model, prompts, heads=[(5, 0)], progress=False)
     with pytest.raises(ValueError, match="unknown metric"):
         evaluate(model, prompts, metric="bleu", progress=False)
-    with pytest.raises(TypeError, match="expected a LabeledPrompt"):
+    with pytest.raises(TypeError, match="LabeledPrompt"):
         evaluate(model, ["text"], progress=False)
-    with pytest.raises(TypeError, match="no apply"):
+    with pytest.raises(TypeError, match="no apply|Intervention"):
         evaluate(model, prompts, intervention=object(), progress=False)
     empty = evaluate(model, [], progress=False)
     assert empty.n == 0 and empty.to_dataframe().empty

@@ -71,10 +71,12 @@ def test_resolve_position(position, n, expected):
     assert resolve_position(position, n) == expected
 
 
-@pytest.mark.parametrize("position", [5, -6, 1.5, -0.1, True, "middle"])
+@pytest.mark.parametrize("position", [5, -6, 1.5, -0.1, True])
 def test_resolve_position_rejects(position):
     with pytest.raises(ValueError, match="gold_position"):
         resolve_position(position, 5)
+    with pytest.raises((ValueError, TypeError)):  # TypeError under jaxtyping checks
+        resolve_position("middle", 5)
 
 
 def test_qa_prompt_without_gold_and_errors():
