@@ -56,8 +56,10 @@ from focuslens.spans import LabeledPrompt, tokenize_prompt
 DEFAULT_MAX_NEW_TOKENS = 100
 """At most this many new tokens per answer, as in the authors' code."""
 
-DEFAULT_STOP_STRINGS = ("\n",)
-"""QA answers end at the first newline."""
+DEFAULT_STOP_STRINGS: tuple[str, ...] = ()
+"""No stop strings: an answer ends at EOS or after ``max_new_tokens``, as in the authors'
+code (which scores the whole response). Pass ``stop_strings="\\n"`` for base models,
+which do not stop by themselves (and for speed)."""
 
 ATTENTION_KINDS = ("relevant", "distractors", "sink", "other")
 """The attention-allocation columns of :meth:`EvalResult.to_dataframe` (``attn_<kind>``)."""
@@ -309,7 +311,9 @@ def evaluate(
         metric: A name in :data:`METRICS` or a callable ``(prediction, answers) ->
             bool``; default: each prompt's ``meta["metric"]``, else best subspan EM.
         max_new_tokens: Default: ``meta["max_new_tokens"]``, else 100.
-        stop_strings: Default: ``meta["stop_strings"]``, else ``("\\n",)``.
+        stop_strings: Default: ``meta["stop_strings"]``, else none (EOS and
+            ``max_new_tokens`` end an answer, as in the authors' code); ``"\\n"`` suits
+            base models.
         stop_ids: Token ids that end an answer; default the tokenizer's EOS.
         heads: ``(layer, head)`` pairs or a :class:`~focuslens.heads.HeadSet`: also
             measure the answer tokens' attention mass on the relevant document,

@@ -143,7 +143,7 @@ def generate_greedy(
     *,
     max_new_tokens: int = 100,
     stop_ids: int | Iterable[int] | None = None,
-    stop_strings: str | Sequence[str] | None = ("\n",),
+    stop_strings: str | Sequence[str] | None = None,
     use_cache: bool = True,
 ) -> Generation:
     """Greedy decoding of one prompt with the model's KV cache.
@@ -155,8 +155,8 @@ def generate_greedy(
         max_new_tokens: Most tokens to generate.
         stop_ids: Token ids that end generation; default the tokenizer's EOS; ``()``
             for none.
-        stop_strings: Strings that end generation (see the module docstring); ``None``
-            or ``()`` for none.
+        stop_strings: Strings that end generation (see the module docstring), e.g.
+            ``"\\n"`` for QA with a base model; default none.
         use_cache: Use the KV cache (HookedTransformer only); False re-runs the whole
             sequence each step, for checking.
 

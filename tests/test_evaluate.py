@@ -392,3 +392,15 @@ def test_meta_columns_and_metric_alias(model):
     assert df["meta_n_documents"][0] == 99 and df["n_documents"][0] == 4  # differs: kept
     assert "nested" not in df.columns and df["metric"][0] == "exact"
     assert df["correct"][0] == exact_match(df["prediction"][0], p.answers)
+
+
+def test_stop_strings_and_max_new_tokens_arguments_override_meta(model):
+    p = qa_prompts(1)[0]  # meta: max_new_tokens=4, stop_strings=()
+    tp = tokenize_prompt(model, p)
+    full = generate_greedy(model, tp.tokens[: tp.n_prompt], max_new_tokens=6)
+    stop = model.tokenizer.decode(full.tokens[2:3].tolist())
+    expected = generate_greedy(model, tp.tokens[: tp.n_prompt], max_new_tokens=6, stop_strings=stop)
+    df = evaluate(model, [p], max_new_tokens=6, stop_strings=stop, progress=False).to_dataframe()
+    assert df["prediction"][0] == expected.text and df["stop_reason"][0] == expected.stop_reason
+    df = evaluate(model, [p], max_new_tokens=6, progress=False).to_dataframe()
+    assert df["prediction"][0] == full.text and df["n_new_tokens"][0] == full.tokens.numel()
