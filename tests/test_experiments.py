@@ -1,0 +1,87 @@
+"""The split-softmax experiment as one call: each row equals a direct evaluate() run."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from _tiny import labeled_prompts, tiny_model
+
+from focuslens import contextual_scores, evaluate
+from focuslens.experiments import CONDITIONS, contextual_head_experiment
+from focuslens.heads import HeadSet, top_k
+from focuslens.interventions import SplitSoftmax
+
+
+@pytest.fixture(scope="module")
+def setup():
+    model = tiny_model("rotary")
+    prompts = labeled_prompts(2)
+    train = labeled_prompts(3, seed=1)
+    exp = contextual_head_experiment(
+        model, prompts, ks=[1, 2], taus=[0.5], score_prompts=train, n_random=1, max_new_tokens=2
+    )
+    return model, prompts, train, exp
+
+
+@pytest.mark.slow
+def test_rows_equal_direct_evaluate_runs(setup):
+    model, prompts, train, exp = setup
+    frame = exp.to_dataframe()
+    assert list(frame.condition) == [
+        "baseline", "gold_only", "top_k", "random_k", "top_k", "random_k", "many"
+    ]  # fmt: skip
+    assert set(frame.condition) == set(CONDITIONS)
+    scores = contextual_scores(model, train)
+    measure = top_k(scores, 2)
+    assert exp.measure_heads == measure and exp.meta["selection"] == "score_prompts"
+
+    def check(row, items, intervention=None):
+        direct = evaluate(
+            model, items, intervention=intervention, heads=measure, max_new_tokens=2,
+            progress=False,
+        )  # fmt: skip
+        assert row.accuracy == direct.accuracy and row.n == len(items)
+        for kind in ("relevant", "distractors", "sink", "other"):
+            expected = direct.summary()[f"attn_{kind}"]
+            assert row[f"attn_{kind}"] == pytest.approx(expected, abs=1e-6)
+
+    rows = {(r.condition, r.k, r.seed): r for _, r in frame.iterrows()}
+    check(rows[("baseline", 0, -1)], prompts)
+    check(rows[("gold_only", 0, -1)], [p.gold_only() for p in prompts])
+    top2 = top_k(scores, 2)
+    assert rows[("top_k", 2, -1)].heads == str(top2)
+    check(rows[("top_k", 2, -1)], prompts, SplitSoftmax(top2, 0.5))
+    control = HeadSet(rows[("random_k", 2, 0)].heads.split())
+    assert len(control) == 2 and not control & top2
+    check(rows[("random_k", 2, 0)], prompts, SplitSoftmax(control, 0.5))
+    assert rows[("many", 8, -1)].k == 8 and math.isnan(rows[("baseline", 0, -1)].tau)
+    # The boost moves attention to the relevant span in the measured heads.
+    assert rows[("top_k", 2, -1)].attn_relevant > rows[("baseline", 0, -1)].attn_relevant
+
+
+@pytest.mark.slow
+def test_examples_curves_and_figure(setup):
+    _, prompts, _, exp = setup
+    assert len(exp.examples) == len(prompts) * len(exp.frame)
+    assert {"condition", "k", "tau", "seed", "prediction", "correct"} <= set(exp.examples.columns)
+    curves = exp.curves()
+    assert list(curves.series.unique()) == [
+        "top-k contextual heads", "k random heads", "many heads"
+    ]  # fmt: skip
+    fig = exp.figure()
+    assert len(fig.data) >= 3
+    assert "baseline" in repr(exp)
+
+
+def test_bad_input():
+    model = tiny_model("rotary")
+    prompts = labeled_prompts(2)
+    with pytest.raises(ValueError, match=r"prompts \[1\] have no relevant document"):
+        contextual_head_experiment(model, [prompts[0], prompts[1].distractors_only()])
+    with pytest.raises(ValueError, match="ks must be ints between 1 and 8"):
+        contextual_head_experiment(model, prompts, ks=[0])
+    with pytest.raises(ValueError, match="tau must be a positive"):
+        contextual_head_experiment(model, prompts, ks=[1], taus=[-0.1])
+    with pytest.raises(ValueError, match="taus is empty"):
+        contextual_head_experiment(model, prompts, ks=[1], taus=[])
