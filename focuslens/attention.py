@@ -18,9 +18,11 @@ can be restricted to a window (:meth:`AttentionMap.window`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +34,8 @@ from focuslens.hooking import hooks
 from focuslens.scores import prepare, query_rows
 from focuslens.spans import LabeledPrompt
 from focuslens.typing import Span
+
+FORMAT = "focuslens.AttentionMap/1"
 
 HeadRows = Float[Tensor, "n_chosen n_rows key_pos"]
 """Attention of the answer rows of each chosen head over all key positions."""
@@ -192,6 +196,56 @@ class AttentionMap:
             for k in range(self.n_keys)
         ]
         return pd.DataFrame(rows)
+
+    def save(self, path: str | Path) -> None:
+        """Save to a safetensors file (the pattern) with JSON metadata (the rest)."""
+        from safetensors.torch import save_file
+
+        meta = {
+            "format": FORMAT,
+            "heads": [list(h) for h in self.heads],
+            "rows": self.rows,
+            "tokens": self.tokens,
+            "n_prompt": self.n_prompt,
+            "relevant": None if self.relevant is None else list(self.relevant),
+            "distractors": [list(s) for s in self.distractors],
+            "n_sink": self.n_sink,
+            "query": self.query,
+            "row_tokens": self.row_tokens,
+            "offset": self.offset,
+            "meta": self.meta,
+        }
+        tensors = {"pattern": self.pattern.detach().float().cpu().contiguous()}
+        save_file(tensors, str(path), metadata={"focuslens": json.dumps(meta)})
+
+    @classmethod
+    def load(cls, path: str | Path) -> AttentionMap:
+        """Load what :meth:`save` wrote."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                header = (f.metadata() or {}).get("focuslens")
+                pattern = f.get_tensor("pattern")
+        except Exception as exc:  # safetensors raises several types for a bad file
+            raise ValueError(f"{path} is not a readable AttentionMap file: {exc}") from None
+        meta = json.loads(header) if header else {}
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        return cls(
+            pattern=pattern,
+            heads=[tuple(h) for h in meta["heads"]],
+            rows=meta["rows"],
+            tokens=meta["tokens"],
+            n_prompt=meta["n_prompt"],
+            relevant=None if meta["relevant"] is None else tuple(meta["relevant"]),
+            distractors=[tuple(s) for s in meta["distractors"]],
+            n_sink=meta["n_sink"],
+            query=meta["query"],
+            row_tokens=meta["row_tokens"],
+            offset=meta["offset"],
+            meta=meta["meta"],
+        )
 
     def figure(self, **kwargs: Any) -> Any:
         """The plotly figure of :func:`focuslens.plots.attention_figure`."""

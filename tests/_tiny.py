@@ -156,3 +156,23 @@ def labeled_prompts(n: int, *, seed: int = 0, n_docs: int = 4, response: bool = 
             )
         )
     return prompts
+
+
+def save_model_folder(model: HookedTransformer, folder) -> None:
+    """Write ``model`` as a focuslens model folder (``config.json``, ``model.safetensors``,
+    ``tokenizer.json``, the layout of the demo model), loadable by ``--model FOLDER``."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    keys = ["n_layers", "d_model", "n_heads", "d_head", "d_mlp", "d_vocab", "n_ctx", "act_fn",
+            "normalization_type", "positional_embedding_type", "rotary_dim",
+            "n_key_value_heads", "default_prepend_bos", "model_name"]  # fmt: skip
+    config = {k: getattr(model.cfg, k) for k in keys}
+    (folder / "config.json").write_text(json.dumps(config))
+    state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
+    save_file(state, str(folder / "model.safetensors"))
+    model.tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))

@@ -1,0 +1,269 @@
+"""``focuslens demo``: the paper's story end to end on the shipped demo model.
+
+1. **Contextual scores** on training prompts at :data:`focuslens.demo.DISTRACTING_DOCS`
+   documents (teacher-forced gold answers), the top-k contextual heads, an attention
+   map of one prompt;
+2. **Baseline and gold-only** accuracy on held-out test prompts;
+3. **Split-softmax check**: boost the relevant-span mass of the top-k heads (an
+   oracle), against k random heads;
+4. **Focus directions** learned on the training prompts (the authors' recipe);
+5. **Steering sweep**: accuracy and attention allocation against alpha (and
+   ``"auto"``), top-k heads against random heads;
+6. **Length** (full run only): baseline and the best top-k conditions at other
+   numbers of documents;
+7. **Report**: ``OUT/report.html``, self-contained.
+
+``quick=True`` runs fewer prompts and settings (under a minute on two cores, for
+tests); the default is sized for a few minutes. A stage whose module is not installed
+is skipped with a printed note, and the report says so.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from focuslens.pipeline import (
+    RUN_FILES,
+    RunFolder,
+    load_any_model,
+    random_control,
+    stage_eval,
+    stage_learn,
+    stage_scores,
+)
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """What the demo runs (see :data:`QUICK` and :data:`FULL`)."""
+
+    n_train: int
+    n_test: int
+    k: int
+    taus: tuple[float, ...]
+    alphas: tuple[float | str, ...]
+    random_alphas: tuple[float, ...]
+    epochs: int
+    lengths: tuple[int, ...]
+    n_length: int
+    max_new_tokens: int = 4
+
+
+QUICK = DemoPlan(
+    n_train=16,
+    n_test=32,
+    k=2,
+    taus=(0.1,),
+    alphas=(-1.0, 1.0, 2.0),
+    random_alphas=(2.0,),
+    epochs=2,
+    lengths=(),
+    n_length=0,
+)
+FULL = DemoPlan(
+    n_train=64,
+    n_test=120,
+    k=2,
+    taus=(0.1, 0.3, 0.6),
+    random_alphas=(1.0, 2.0),
+    alphas=(-1.0, -0.5, 0.5, 1.0, 2.0, 3.0, "auto"),
+    epochs=10,
+    lengths=(8, 24, 64),
+    n_length=60,
+)
+
+
+def _available(module: str) -> bool:
+    try:
+        return importlib.util.find_spec(module) is not None
+    except ModuleNotFoundError:
+        return False
+
+
+def _clear(run: RunFolder) -> None:
+    for name in RUN_FILES.values():
+        path = run.folder / name
+        if path.is_file():
+            path.unlink()
+
+
+def run_demo(
+    out: str | Path,
+    *,
+    quick: bool = False,
+    model: str = "demo",
+    seed: int = 0,
+    progress: bool = True,
+    echo: Callable[[str], None] = print,
+) -> dict[str, Any]:
+    """Run the demo into ``out`` (its earlier results are replaced) and write the report.
+
+    Returns:
+        The headline numbers (:func:`focuslens.story.headline`) and the time taken.
+    """
+    from focuslens.story import build_report, headline
+
+    plan = QUICK if quick else FULL
+    run = RunFolder(out)
+    run.folder.mkdir(parents=True, exist_ok=True)
+    _clear(run)
+    start = time.perf_counter()
+    notes: list[str] = []
+    try:
+        lm = load_any_model(model)
+    except (FileNotFoundError, ModuleNotFoundError, ValueError, RuntimeError) as exc:
+        lm = None
+        notes.append(f"the demo model could not be loaded ({exc}); every stage was skipped")
+    if lm is not None:
+        if _available("focuslens.tasks.synthetic"):
+            _stages(lm, run, plan, seed, progress, echo, notes)
+        else:
+            notes.append("focuslens.tasks.synthetic is not installed; every stage was skipped")
+    for note in notes:
+        echo(f"note: {note}")
+    elapsed = time.perf_counter() - start
+    settings = {
+        "demo": "quick" if quick else "full",
+        "model": model,
+        "seed": seed,
+        **{f"plan.{k}": v for k, v in asdict(plan).items()},
+        "elapsed (s)": round(elapsed, 1),
+    }
+    report = build_report(
+        run.folder, title="focuslens demo: focus directions on the demo model", settings=settings
+    )
+    if notes:
+        report.add_section("Skipped stages", "\n\n".join(notes))
+    report.save(run.folder / "report.html")
+    return {**headline(run.folder), "time (s)": round(time.perf_counter() - start, 1)}
+
+
+def _stages(model, run, plan: DemoPlan, seed, progress, echo, notes) -> None:
+    from focuslens.demo import DISTRACTING_DOCS
+    from focuslens.tasks import synthetic_retrieval
+
+    n_docs = DISTRACTING_DOCS
+    train = synthetic_retrieval(plan.n_train, n_documents=n_docs, seed=seed)
+    test = synthetic_retrieval(plan.n_test, n_documents=n_docs, seed=seed + 1)
+    echo(f"[1/6] contextual scores on {len(train)} prompts of {n_docs} documents")
+    stage_scores(model, train, run, k=plan.k, progress=progress)
+    heads = run.heads()
+    control = random_control(model, heads, seed=seed)
+    kw = {"measure_heads": heads, "max_new_tokens": plan.max_new_tokens, "progress": progress}
+    echo(f"[2/6] baseline and gold-only accuracy on {len(test)} test prompts")
+    stage_eval(model, test, run, **kw)
+    stage_eval(model, test, run, kind="gold_only", **kw)
+    top = {"head_set": "top", "k": len(heads)}
+    rnd = {"head_set": "random", "k": len(heads)}
+    if _available("focuslens.interventions"):
+        from focuslens.interventions import SplitSoftmax
+
+        echo(f"[3/6] split-softmax on the top {len(heads)} heads and on {len(heads)} random heads")
+        for tau in plan.taus:
+            stage_eval(
+                model,
+                test,
+                run,
+                kind="split_softmax",
+                tau=tau,
+                intervention=SplitSoftmax(heads, tau),
+                **top,
+                **kw,
+            )
+            stage_eval(
+                model,
+                test,
+                run,
+                kind="split_softmax",
+                tau=tau,
+                intervention=SplitSoftmax(control, tau),
+                **rnd,
+                **kw,
+            )
+    else:
+        notes.append("split-softmax (focuslens.interventions) is not installed: stage 3 skipped")
+    if not _available("focuslens.learn"):
+        notes.append("focus directions (focuslens.learn) are not installed: stages 4-5 skipped")
+        return
+    echo(f"[4/6] learning focus directions ({plan.epochs} epochs, {len(train)} prompts)")
+    directions = stage_learn(
+        model, train, run, heads=heads, epochs=plan.epochs, seed=seed, progress=progress
+    )
+    echo(f"[5/6] steering sweep: alpha in {list(plan.alphas)}")
+    for alpha in plan.alphas:
+        stage_eval(
+            model,
+            test,
+            run,
+            kind="steering",
+            alpha=alpha,
+            intervention=directions.steering(heads, alpha),
+            **top,
+            **kw,
+        )
+    for alpha in plan.random_alphas:
+        stage_eval(
+            model,
+            test,
+            run,
+            kind="steering",
+            alpha=alpha,
+            intervention=directions.steering(control, alpha),
+            **rnd,
+            **kw,
+        )
+    if plan.lengths:
+        _lengths(model, run, plan, seed, directions, heads, kw, echo)
+
+
+def _lengths(model, run, plan: DemoPlan, seed, directions, heads, kw, echo) -> None:
+    from focuslens.interventions import SplitSoftmax
+    from focuslens.story import best_condition, main_data
+    from focuslens.tasks import synthetic_retrieval
+
+    echo(f"[6/6] baseline and best top-k conditions at {list(plan.lengths)} documents")
+    evals = main_data(run.evals())
+    best = {kind: best_condition(evals, kind, "top") for kind in ("split_softmax", "steering")}
+    for n_docs in plan.lengths:
+        prompts = synthetic_retrieval(plan.n_length, n_documents=n_docs, seed=seed + 2)
+        data = f"{n_docs} documents"
+        stage_eval(model, prompts, run, data=data, **kw)
+        for kind, found in best.items():
+            if found is None:
+                continue
+            row = found[1].iloc[0]
+            top = {"head_set": "top", "k": len(heads)}
+            if kind == "split_softmax":
+                tau = float(row["tau"])
+                stage_eval(
+                    model,
+                    prompts,
+                    run,
+                    kind=kind,
+                    tau=tau,
+                    data=data,
+                    intervention=SplitSoftmax(heads, tau),
+                    **top,
+                    **kw,
+                )
+            else:
+                alpha = row["alpha"] if row["alpha"] == "auto" else float(row["alpha"])
+                stage_eval(
+                    model,
+                    prompts,
+                    run,
+                    kind=kind,
+                    alpha=alpha,
+                    data=data,
+                    intervention=directions.steering(heads, alpha),
+                    **top,
+                    **kw,
+                )
+
+
+__all__ = ["FULL", "QUICK", "DemoPlan", "run_demo"]
