@@ -3,8 +3,10 @@ and can we make it read the right part?"""
 
 from focuslens import plots
 from focuslens.attention import AttentionMap, attention_map_data
+from focuslens.directions import FocusDirections
 from focuslens.evaluate import EvalResult, evaluate
 from focuslens.heads import HeadSet
+from focuslens.learn import learn_focus_directions
 from focuslens.longctx import chunked_contextual_scores, chunked_forward
 from focuslens.report import Report
 from focuslens.scores import ContextualScores, contextual_scores
@@ -19,11 +21,13 @@ __all__ = [
     "plots",
     "ContextualScores",
     "EvalResult",
+    "FocusDirections",
     "HeadSet",
     "chunked_contextual_scores",
     "chunked_forward",
     "contextual_scores",
     "evaluate",
+    "learn_focus_directions",
     "LabeledPrompt",
     "TokenizedPrompt",
     "__version__",
