@@ -3,6 +3,7 @@ and can we make it read the right part?"""
 
 from focuslens import plots
 from focuslens.attention import AttentionMap, attention_map_data
+from focuslens.demo import load_demo_model
 from focuslens.directions import FocusDirections
 from focuslens.evaluate import EvalResult, evaluate
 from focuslens.heads import HeadSet
@@ -27,6 +28,7 @@ __all__ = [
     "chunked_forward",
     "contextual_scores",
     "evaluate",
+    "load_demo_model",
     "learn_focus_directions",
     "LabeledPrompt",
     "TokenizedPrompt",
