@@ -39,7 +39,7 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from jaxtyping import Float
@@ -49,9 +49,6 @@ from focuslens import hooking
 from focuslens.heads import HeadScores, HeadSet
 from focuslens.interventions import HeadAblation, head_means
 from focuslens.spans import LabeledPrompt, TokenizedPrompt, tokenize_prompt
-
-Target = Literal["answer", "response"]
-Mode = Literal["zero", "mean"]
 
 
 @dataclass
@@ -98,7 +95,7 @@ def answer_prompts(
     model: Any,
     prompts: Sequence[LabeledPrompt] | LabeledPrompt,
     *,
-    target: Target = "answer",
+    target: str = "answer",
     answer_prefix: str = " ",
 ) -> list[TokenizedPrompt]:
     """Tokenise each prompt followed by its gold answer (the teacher-forced target)."""
@@ -184,7 +181,7 @@ def answer_logprob(
     model: Any,
     prompts: Sequence[LabeledPrompt],
     *,
-    target: Target = "answer",
+    target: str = "answer",
     answer_prefix: str = " ",
     batch_size: int = 8,
 ) -> Float[Tensor, " n_examples"]:
@@ -206,7 +203,7 @@ def _heads_or_all(model: Any, heads: Any) -> HeadSet:
     return HeadSet(heads).validate(model)
 
 
-def _means(model: Any, mode: Mode, means: Tensor | None, tps: list[TokenizedPrompt]):
+def _means(model: Any, mode: str, means: Tensor | None, tps: list[TokenizedPrompt]):
     if mode not in ("zero", "mean"):
         raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
     if mode == "zero":
@@ -227,10 +224,10 @@ def ablation_effects(
     prompts: Sequence[LabeledPrompt],
     *,
     heads: Any = None,
-    mode: Mode = "zero",
+    mode: str = "zero",
     means: Tensor | None = None,
-    positions: hooking.Positions = "all",
-    target: Target = "answer",
+    positions: str = "all",
+    target: str = "answer",
     answer_prefix: str = " ",
     batch_size: int = 8,
 ) -> HeadEffects:
@@ -283,10 +280,10 @@ def joint_ablation_effect(
     prompts: Sequence[LabeledPrompt],
     heads: Any,
     *,
-    mode: Mode = "zero",
+    mode: str = "zero",
     means: Tensor | None = None,
-    positions: hooking.Positions = "all",
-    target: Target = "answer",
+    positions: str = "all",
+    target: str = "answer",
     answer_prefix: str = " ",
     batch_size: int = 8,
 ) -> Float[Tensor, " n_examples"]:
@@ -315,10 +312,10 @@ def attribution_patching(
     model: Any,
     prompts: Sequence[LabeledPrompt],
     *,
-    mode: Mode = "zero",
+    mode: str = "zero",
     means: Tensor | None = None,
-    positions: hooking.Positions = "all",
-    target: Target = "answer",
+    positions: str = "all",
+    target: str = "answer",
     answer_prefix: str = " ",
     batch_size: int = 8,
 ) -> HeadEffects:

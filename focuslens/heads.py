@@ -31,7 +31,7 @@ import random
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
@@ -386,7 +386,7 @@ def rank_correlation(
     a: Any,
     b: Any,
     *,
-    method: Literal["spearman", "kendall"] = "spearman",
+    method: str = "spearman",
     by: str = "relevant",
 ) -> float:
     """Rank correlation of two per-head tables over the heads where both have a value.

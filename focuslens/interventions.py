@@ -42,10 +42,10 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from functools import partial
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from jaxtyping import Float
+from jaxtyping import Bool, Float
 from torch import Tensor
 
 from focuslens import hooking
@@ -53,8 +53,9 @@ from focuslens.heads import HeadSet
 from focuslens.spans import LabeledPrompt, TokenizedPrompt, tokenize_prompt
 from focuslens.typing import AttnScores, Pattern
 
-Missing = Literal["raise", "skip"]
-PromptsLike = LabeledPrompt | TokenizedPrompt | Sequence[LabeledPrompt | TokenizedPrompt]
+PromptsLike = Any
+"""A LabeledPrompt or TokenizedPrompt, or a sequence of them (checked at run time, with
+errors that name the offending prompt)."""
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,7 @@ def span_batch(tps: Sequence[TokenizedPrompt]) -> SpanBatch:
 
 def _check_number(name: str, value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ValueError(f"{name} must be a positive number, got {value!r}")
+        raise TypeError(f"{name} must be a number, got {value!r}")
     if not (math.isfinite(value) and value > 0):
         raise ValueError(f"{name} must be a positive finite number, got {value!r}")
     return float(value)
@@ -144,7 +145,7 @@ class _OnHeads:
 
     hook_point = ""
 
-    def __init__(self, heads: Any, positions: hooking.Positions) -> None:
+    def __init__(self, heads: Any, positions: str) -> None:
         self.heads = HeadSet(heads)
         if not self.heads:
             raise ValueError(
@@ -170,13 +171,13 @@ class _OnHeads:
 class _SpanOracle(_OnHeads):
     """An intervention that reads the relevant span of each prompt."""
 
-    def __init__(self, heads: Any, positions: hooking.Positions, missing: Missing) -> None:
+    def __init__(self, heads: Any, positions: str, missing: str) -> None:
         super().__init__(heads, positions)
         if missing not in ("raise", "skip"):
             raise ValueError(f"missing must be 'raise' or 'skip', got {missing!r}")
         self.missing = missing
 
-    def _spans(self, model: Any, prompts: PromptsLike | None) -> SpanBatch:
+    def _spans(self, model: Any, prompts: PromptsLike) -> SpanBatch:
         name = type(self).__name__
         if prompts is None:
             raise ValueError(
@@ -210,7 +211,7 @@ class _SpanOracle(_OnHeads):
 
 def split_softmax(
     pattern: Float[Tensor, "batch head_index query_pos key_pos"],
-    span: Float[Tensor, "batch key_pos"],
+    span: Bool[Tensor, "batch key_pos"],
     tau: float,
 ) -> Float[Tensor, "batch head_index query_pos key_pos"]:
     """Rescale each row's mass ``p`` on the span to ``p ** tau`` (METHOD.md section 3).
@@ -262,8 +263,8 @@ class SplitSoftmax(_SpanOracle):
         heads: Any,
         tau: float,
         *,
-        positions: hooking.Positions = "all",
-        missing: Missing = "raise",
+        positions: str = "all",
+        missing: str = "raise",
     ) -> None:
         self.tau = _check_number("tau", tau)
         super().__init__(heads, positions, missing)
@@ -305,9 +306,9 @@ class Pasta(_SpanOracle):
         heads: Any,
         alpha: float,
         *,
-        positions: hooking.Positions = "all",
-        boost: Literal["relevant", "others"] = "relevant",
-        missing: Missing = "raise",
+        positions: str = "all",
+        boost: str = "relevant",
+        missing: str = "raise",
     ) -> None:
         self.alpha = _check_number("alpha", alpha)
         if boost not in ("relevant", "others"):
@@ -392,10 +393,10 @@ class HeadAblation(_OnHeads):
     def __init__(
         self,
         heads: Any,
-        mode: Literal["zero", "mean"] = "zero",
+        mode: str = "zero",
         *,
         means: torch.Tensor | None = None,
-        positions: hooking.Positions = "all",
+        positions: str = "all",
     ) -> None:
         super().__init__(heads, positions)
         if mode not in ("zero", "mean"):
@@ -408,7 +409,7 @@ class HeadAblation(_OnHeads):
         self.mode = mode
         self.means = means
 
-    def apply(self, model: Any, prompts: PromptsLike | None = None) -> AbstractContextManager[Any]:
+    def apply(self, model: Any, prompts: PromptsLike = None) -> AbstractContextManager[Any]:
         """A context manager that ablates the heads in forward passes of ``model``."""
         cfg = model.cfg
         if self.means is not None:

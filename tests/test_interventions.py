@@ -299,8 +299,11 @@ def test_bad_input_names_the_problem():
         SplitSoftmax([], 0.5)
     with pytest.raises(ValueError, match="needs at least one"):
         HeadAblation(HeadSet())
-    for tau in (0, -1.0, float("nan"), float("inf"), "0.5", True):
-        with pytest.raises(ValueError, match="tau must be a positive"):
+    for tau in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="tau must be a positive finite number"):
+            SplitSoftmax([(0, 0)], tau)
+    for tau in ("0.5", True, None):
+        with pytest.raises(TypeError, match="tau"):
             SplitSoftmax([(0, 0)], tau)
     with pytest.raises(ValueError, match="alpha must be a positive"):
         Pasta([(0, 0)], 0.0)
