@@ -3,13 +3,17 @@ and can we make it read the right part?"""
 
 from focuslens import plots
 from focuslens.attention import AttentionMap, attention_map_data
+from focuslens.attribution import HeadEffects, ablation_effects, attribution_patching
 from focuslens.demo import load_demo_model
 from focuslens.directions import FocusDirections
 from focuslens.evaluate import EvalResult, evaluate
-from focuslens.heads import HeadSet
+from focuslens.experiments import HeadExperiment, contextual_head_experiment
+from focuslens.heads import HeadScores, HeadSet
+from focuslens.interventions import HeadAblation, Pasta, SplitSoftmax
 from focuslens.learn import learn_focus_directions
 from focuslens.longctx import chunked_contextual_scores, chunked_forward
 from focuslens.report import Report
+from focuslens.retrieval import retrieval_scores
 from focuslens.scores import ContextualScores, contextual_scores
 from focuslens.spans import LabeledPrompt, TokenizedPrompt, tokenize_prompt
 
@@ -34,4 +38,14 @@ __all__ = [
     "TokenizedPrompt",
     "__version__",
     "tokenize_prompt",
+    "HeadAblation",
+    "HeadEffects",
+    "HeadExperiment",
+    "HeadScores",
+    "Pasta",
+    "SplitSoftmax",
+    "ablation_effects",
+    "attribution_patching",
+    "contextual_head_experiment",
+    "retrieval_scores",
 ]
