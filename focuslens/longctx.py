@@ -602,8 +602,11 @@ def chunked_contextual_scores(
         max_memory: Instead of ``chunk_size``: a budget (bytes or ``"8GiB"``); the chunk
             size is picked per prompt with :func:`chunk_size_for`.
         scores_from: ``"auto"``, ``"keys"`` or ``"pattern"`` (module docstring).
-        query, sink, prepend_bos, require_relevant, progress: As in
-            :func:`focuslens.contextual_scores`.
+        query: As in :func:`focuslens.contextual_scores`.
+        sink: As in :func:`focuslens.contextual_scores`.
+        prepend_bos: As in :func:`focuslens.contextual_scores`.
+        require_relevant: As in :func:`focuslens.contextual_scores`.
+        progress: As in :func:`focuslens.contextual_scores`.
 
     Returns:
         :class:`focuslens.ContextualScores`; ``meta`` records the chunk sizes and route.

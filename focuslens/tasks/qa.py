@@ -199,13 +199,13 @@ def qa_prompt_of_length(
     Distractors are taken from the pool in order, as many as fit. Tokens are counted
     as :func:`focuslens.tokenize_prompt` counts them (BOS included when the model
     prepends one). A float ``gold_position`` (a depth) keeps the gold document at the
-    same relative place whatever the number of documents.
+    same relative place whatever the number of documents. The arguments not listed
+    below are as in :func:`qa_prompt`.
 
     Args:
         tokenizer: A model (``HookedTransformer``) or a Hugging Face fast tokenizer
             (then a BOS token is counted).
         n_tokens: The most tokens the prompt may have.
-        The others: as in :func:`qa_prompt`.
 
     Raises:
         ValueError: When the gold document alone is longer than ``n_tokens``, or the
