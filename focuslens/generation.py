@@ -106,7 +106,9 @@ def find_stop(text: str, stop_strings: Sequence[str]) -> int | None:
     return min(hits) if hits else None
 
 
-def _stepper(model: Any, prompt: Tensor, use_cache: bool) -> Callable[[int | None], Tensor]:
+def _stepper(
+    model: Any, prompt: Tensor, use_cache: bool, chunk_size: int | None = None
+) -> Callable[[int | None], Tensor]:
     """``step(token)`` feeds a new token (None: the prompt) and returns the next logits."""
     from transformer_lens import HookedTransformer
 
@@ -118,6 +120,10 @@ def _stepper(model: Any, prompt: Tensor, use_cache: bool) -> Callable[[int | Non
         cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
 
         def step(token: int | None) -> Tensor:
+            if token is None and chunk_size is not None:
+                from focuslens.longctx import chunked_forward
+
+                return chunked_forward(model, seq[0], chunk_size=chunk_size, past_kv_cache=cache)[0]
             new = seq if token is None else torch.tensor([[token]], device=device)
             # An explicit all-ones mask: without it TransformerLens masks tokens equal to
             # the pad token (often EOS) when a cache is used.
@@ -126,6 +132,11 @@ def _stepper(model: Any, prompt: Tensor, use_cache: bool) -> Callable[[int | Non
 
         return step
 
+    if chunk_size is not None:
+        raise ValueError(
+            f"chunk_size={chunk_size} needs the KV cache: a HookedTransformer and use_cache=True "
+            f"(got {type(model).__name__}, use_cache={use_cache})"
+        )
     state = {"seq": seq}
 
     def step_uncached(token: int | None) -> Tensor:
@@ -145,6 +156,7 @@ def generate_greedy(
     stop_ids: int | Iterable[int] | None = None,
     stop_strings: str | Sequence[str] | None = None,
     use_cache: bool = True,
+    chunk_size: int | None = None,
 ) -> Generation:
     """Greedy decoding of one prompt with the model's KV cache.
 
@@ -159,6 +171,9 @@ def generate_greedy(
             ``"\\n"`` for QA with a base model; default none.
         use_cache: Use the KV cache (HookedTransformer only); False re-runs the whole
             sequence each step, for checking.
+        chunk_size: Prefill a long prompt in chunks of this many tokens through the KV
+            cache (:func:`focuslens.longctx.chunked_forward`), so no layer holds more than
+            ``chunk_size x n`` attention scores; the same tokens. Default: one pass.
 
     Returns:
         A :class:`Generation` with the new tokens, the answer text and the stop reason.
@@ -186,7 +201,11 @@ def generate_greedy(
         )
     stops = _stop_id_set(tokenizer, stop_ids)
     strings = _stop_string_tuple(stop_strings)
-    step = _stepper(model, prompt, use_cache)
+    if chunk_size is not None:
+        from focuslens.longctx import check_chunk_size
+
+        check_chunk_size(chunk_size)
+    step = _stepper(model, prompt, use_cache, chunk_size)
     new: list[int] = []
     reason: StopReason = "max_new_tokens"
     cut: int | None = None

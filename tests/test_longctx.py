@@ -387,3 +387,23 @@ def test_qa_prompts_of_a_requested_length_score_the_same_chunked():
     assert 200 - 20 < n_prompt <= 200 and prompt.meta["n_tokens"] == n_prompt
     one_pass = contextual_scores(model, [prompt])
     assert_scores_close(one_pass, contextual_scores(model, [prompt], chunk_size=64))
+
+
+def test_greedy_generation_after_a_chunked_prefill_is_the_same():
+    from focuslens.generation import generate_greedy
+
+    model = tiny_model("rotary")
+    tp = tokenize_prompt(model, make_prompts(1)[0])
+    prompt = tp.tokens[: tp.n_prompt]
+    options = {"max_new_tokens": 6, "stop_ids": ()}
+    plain = generate_greedy(model, prompt, **options)
+    assert torch.equal(generate_greedy(model, prompt, chunk_size=4, **options).tokens, plain.tokens)
+    with model.hooks(fwd_hooks=query_steer(model, [(0, 1), (1, 2)], alpha=6.0)):
+        steered = generate_greedy(model, prompt, **options)
+        chunked = generate_greedy(model, prompt, chunk_size=4, **options)
+    assert not torch.equal(steered.tokens, plain.tokens)  # the steer changes the answer
+    assert torch.equal(chunked.tokens, steered.tokens)
+    with pytest.raises(ValueError, match="chunk_size=4 needs the KV cache"):
+        generate_greedy(model, prompt, chunk_size=4, use_cache=False, **options)
+    with pytest.raises(ValueError, match="chunk_size must be a positive int"):
+        generate_greedy(model, prompt, chunk_size=0, **options)
