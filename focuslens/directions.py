@@ -125,8 +125,10 @@ class FocusDirections:
         meta: Free-form provenance (model name, source folder, library versions).
     """
 
-    d_q: LayerDirections
-    d_k: LayerDirections
+    # Plain Tensor annotations: __post_init__ checks the shapes with a message that names
+    # the model shape (a jaxtyping annotation would preempt it).
+    d_q: Tensor
+    d_k: Tensor
     shape: ModelShape
     heads: list[tuple[int, int]] = field(default_factory=list)
     layers: list[int] | None = None

@@ -133,7 +133,7 @@ def _batch_rows(
     return rows, row_mask, masks
 
 
-def _pad(seqs: list[Tensor], value: float = 0.0) -> Tensor:
+def _pad(seqs: list[Tensor], value: float | int = 0.0) -> Tensor:
     """Right-pad ``[pos, ...]`` tensors to one ``[batch, pos, ...]`` tensor."""
     return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=value)
 
