@@ -219,18 +219,51 @@ def _n_kv(model: Any) -> int:
     return int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
 
 
-def _train_layer(
+BatchMass = Callable[[list[int], Tensor, Tensor], Tensor]
+"""``f(example indices, d_q, d_k) -> [batch, n_heads]`` relevant-span mass of one layer."""
+
+
+def cached_batch_mass(
     model: Any,
     layer: int,
     cached: list[tuple[Tensor, Tensor]],
     tps: list[TokenizedPrompt],
+    query: QueryRows,
+) -> BatchMass:
+    """The mass of a batch from the cached attention inputs (right-padded), one layer run."""
+
+    def mass(idx: list[int], d_q: Tensor, d_k: Tensor) -> Tensor:
+        q_in = _pad([cached[i][0] for i in idx])
+        k_in = _pad([cached[i][1] for i in idx])
+        rows = _batch_rows([tps[i] for i in idx], query, q_in.shape[1])
+        return layer_mass(model, layer, (q_in, k_in), d_q, d_k, rows)
+
+    return mass
+
+
+def train_layer(
+    model: Any,
+    batch_mass: BatchMass,
+    n_examples: int,
     settings: dict[str, Any],
     generator: torch.Generator,
-    tick: Callable[[], None],
+    tick: Callable[[], None] | None = None,
 ) -> tuple[Tensor, Tensor, list[float]]:
-    """AdamW on ``(d_q, d_k)`` of one layer; returns them and the per-epoch mean loss."""
+    """AdamW on one layer's ``(d_q, d_k)``, maximising ``batch_mass``.
+
+    Args:
+        model: The model (for its shape and device).
+        batch_mass: Computes the mass of a batch of examples (see :data:`BatchMass`).
+        n_examples: Number of examples.
+        settings: ``epochs``, ``lr``, ``weight_decay``, ``batch_size``, ``init_std``.
+        generator: Draws the initial directions, then each epoch's order.
+        tick: Called after each epoch (progress bars).
+
+    Returns:
+        ``(d_q, d_k, per-epoch mean loss)``.
+    """
     shape = (model.cfg.n_heads, model.cfg.d_head)
-    device = cached[0][0].device
+    device = next(model.parameters()).device
     init = settings["init_std"]
     d_q = (torch.randn(shape, generator=generator) * init).to(device).requires_grad_()
     d_k = (torch.randn(shape, generator=generator) * init).to(device).requires_grad_()
@@ -238,21 +271,18 @@ def _train_layer(
     history = []
     bs = settings["batch_size"]
     for _ in range(settings["epochs"]):
-        order = torch.randperm(len(tps), generator=generator).tolist()
+        order = torch.randperm(n_examples, generator=generator).tolist()
         losses = []
         for start in range(0, len(order), bs):
-            idx = order[start : start + bs]
-            q_in = _pad([cached[i][0] for i in idx])
-            k_in = _pad([cached[i][1] for i in idx])
-            rows = _batch_rows([tps[i] for i in idx], settings["query"], q_in.shape[1])
             with torch.enable_grad():
-                loss = -layer_mass(model, layer, (q_in, k_in), d_q, d_k, rows).mean()
+                loss = -batch_mass(order[start : start + bs], d_q, d_k).mean()
                 g_q, g_k = torch.autograd.grad(loss, [d_q, d_k])
             d_q.grad, d_k.grad = g_q, g_k
             opt.step()
             losses.append(float(loss.detach()))
         history.append(sum(losses) / len(losses))
-        tick()
+        if tick is not None:
+            tick()
     return d_q.detach(), d_k.detach(), history
 
 
@@ -271,18 +301,15 @@ def _learned(
 
         bar = tqdm(total=len(layers) * settings["epochs"], desc="focus directions", unit="epoch")
     for layer in layers:
-        q, k, hist = _train_layer(
-            model, layer, cache[layer], tps, settings, generator, bar.update if bar else _noop
+        mass = cached_batch_mass(model, layer, cache[layer], tps, settings["query"])
+        q, k, hist = train_layer(
+            model, mass, len(tps), settings, generator, bar.update if bar else None
         )
         d_q[layer], d_k[layer] = q.cpu().float(), k.cpu().float()
         history[str(layer)] = hist
     if bar is not None:
         bar.close()
     return d_q, d_k, {"loss_history": history}
-
-
-def _noop() -> None:
-    return None
 
 
 # ---------------------------------------------------------------------------- closed form
@@ -513,10 +540,13 @@ def direction_cosine(a: FocusDirections, b: FocusDirections, heads: Any) -> Tens
 __all__ = [
     "METHODS",
     "RESPONSES",
+    "BatchMass",
     "cache_attention_inputs",
+    "cached_batch_mass",
     "closed_form_gradient",
     "direction_cosine",
     "layer_mass",
     "learn_focus_directions",
+    "train_layer",
     "with_responses",
 ]
