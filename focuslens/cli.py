@@ -119,6 +119,14 @@ def cmd_scores(args: argparse.Namespace) -> None:
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    if args.effects:
+        from focuslens.pipeline import stage_effects
+
+        try:
+            stage_effects(model, prompts[: args.effects], run, batch_size=args.batch_size)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        print(f"wrote {run.path('effects')}")
     top = ", ".join(f"L{l}H{h} {float(scores.relevant[l, h]):.3f}" for l, h in run.heads())
     print(f"top {args.k} contextual heads: {top}")
     print(f"wrote {run.path('scores')} and {run.path('heads')}")
@@ -255,6 +263,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
         model=args.model,
         seed=args.seed,
         progress=not args.quiet,
+        threads=args.threads,
         echo=print,
     )
     for key, value in numbers.items():
@@ -264,6 +273,10 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 def _setup(args: argparse.Namespace) -> tuple[Any, list, RunFolder]:
     prompts = _prompts(args)  # read the data first: a bad file fails before a slow load
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     model = load_model(args.model, dtype=args.dtype, device=args.device)
     return model, prompts, RunFolder(args.out)
 
@@ -299,6 +312,7 @@ def _model_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--limit", type=int, default=None, help="read at most this many prompts")
     g.add_argument("--out", required=True, help="run folder for the results")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
 
 
 def _heads_args(p: argparse.ArgumentParser) -> None:
@@ -318,6 +332,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="demo", help="model (default: the shipped demo model)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: fastest for the tiny demo model)",
+    )
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("data", help="write synthetic retrieval prompts for the demo model")
@@ -343,6 +363,13 @@ def build_parser() -> argparse.ArgumentParser:
         default="auto",
         choices=["auto", "given", "generated"],
         help="response rows: the prompts' own, or generated greedily",
+    )
+    p.add_argument(
+        "--effects",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also ablate each head on the first N prompts (0: no)",
     )
     p.set_defaults(func=cmd_scores)
 

@@ -13,6 +13,8 @@ Files of a run folder (:data:`RUN_FILES`):
   ``[[layer, head], ...]`` format;
 * ``attention.safetensors``: an :class:`~focuslens.AttentionMap` of one example for
   the top heads;
+* ``effects.safetensors``: per-head effects on the answer's log-probability of zero
+  ablation (exact) and attribution patching (first-order), one table each;
 * ``directions.safetensors``: :class:`~focuslens.directions.FocusDirections`;
 * ``evals.jsonl``: every evaluated example of every condition, one JSON object per
   line (the columns of :meth:`~focuslens.EvalResult.to_dataframe` plus ``condition``,
@@ -29,7 +31,6 @@ every prompt has a response and ``"generated"`` otherwise.
 from __future__ import annotations
 
 import json
-import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -48,6 +49,7 @@ RUN_FILES = {
     "scores_gold": "scores_gold.safetensors",
     "heads": "heads.json",
     "attention": "attention.safetensors",
+    "effects": "effects.safetensors",
     "directions": "directions.safetensors",
     "evals": "evals.jsonl",
     "settings": "settings.json",
@@ -202,6 +204,39 @@ def stage_scores(
     return scores
 
 
+def stage_effects(
+    model: Any, prompts: Sequence[LabeledPrompt], run: RunFolder, *, batch_size: int = 8
+) -> dict[str, Any]:
+    """Zero-ablation effect of each head on log p(answer) and its attribution-patching
+    estimate; saved as ``effects.safetensors`` (one ``[n_layers, n_heads]`` table each)."""
+    from safetensors.torch import save_file
+
+    from focuslens.attribution import ablation_effects, attribution_patching
+
+    target = "response" if all(p.response for p in prompts) else "answer"
+    kw = {"target": target, "batch_size": batch_size}
+    tables = {
+        "zero ablation": ablation_effects(model, prompts, **kw).values,
+        "attribution patching": attribution_patching(model, prompts, **kw).values,
+    }
+    run.folder.mkdir(parents=True, exist_ok=True)
+    save_file(
+        {k: v.detach().float().cpu().contiguous() for k, v in tables.items()},
+        str(run.path("effects")),
+    )
+    run.record("effects", {"n_prompts": len(prompts), "target": target, "mode": "zero"})
+    return tables
+
+
+def read_effects(run: RunFolder) -> dict[str, Any]:
+    """The tables that :func:`stage_effects` saved."""
+    from safetensors.torch import load_file
+
+    tables = load_file(str(run.need("effects", "scores --effects")))
+    order = [k for k in ("zero ablation", "attribution patching") if k in tables]
+    return {k: tables[k] for k in [*order, *sorted(set(tables) - set(order))]}
+
+
 def stage_learn(
     model: Any,
     prompts: Sequence[LabeledPrompt],
@@ -251,20 +286,12 @@ def stage_learn(
 def random_control(
     model: Any, heads: Sequence[tuple[int, int]], seed: int = 0
 ) -> list[tuple[int, int]]:
-    """``len(heads)`` heads drawn uniformly (seeded) from the heads not in ``heads``."""
-    chosen = set(map(tuple, heads))
-    pool = [
-        (l, h)
-        for l in range(model.cfg.n_layers)
-        for h in range(model.cfg.n_heads)
-        if (l, h) not in chosen
-    ]
-    if len(pool) < len(chosen):
-        raise ValueError(
-            f"cannot draw {len(chosen)} random heads outside the chosen ones: the model has "
-            f"only {len(pool)} other heads"
-        )
-    return sorted(random.Random(seed).sample(pool, len(chosen)))
+    """As many random heads as ``heads``, none of them in ``heads``, drawn uniformly over
+    all layers (seeded): the paper's random-heads control
+    (:func:`focuslens.heads.random_like`)."""
+    from focuslens.heads import random_like
+
+    return list(random_like(heads, model, seed=seed, disjoint=True))
 
 
 def condition_name(kind: str, head_set: str = "", k: int | None = None, **params: Any) -> str:
@@ -340,6 +367,8 @@ __all__ = [
     "condition_name",
     "load_any_model",
     "random_control",
+    "read_effects",
+    "stage_effects",
     "stage_eval",
     "stage_learn",
     "stage_scores",

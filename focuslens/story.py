@@ -183,6 +183,37 @@ def _heads_section(report: Report, run: RunFolder) -> None:
     )
 
 
+def _effects_section(report: Report, run: RunFolder) -> None:
+    if not run.has("effects"):
+        return
+    from focuslens.heads import rank_correlation
+    from focuslens.pipeline import read_effects
+
+    tables = read_effects(run)
+    fig = plots.head_effects(
+        tables,
+        label="change in log p(answer)",
+        title="Effect of ablating each head on log p(answer)",
+    )
+    names = list(tables)
+    numbers: dict[str, Any] = {}
+    text = (
+        "Do the contextual heads matter for the answer? Each head's output is set to zero, one "
+        "head at a time, and the change in the log-probability of the gold answer is measured "
+        "(left, exact); attribution patching estimates all of them from one forward and "
+        "backward pass (right). Blue: the answer becomes less likely without the head."
+    )
+    if len(names) == 2:
+        rho = rank_correlation(tables[names[0]], tables[names[1]])
+        numbers["rank correlation (Spearman)"] = f"{rho:.2f}"
+    ablation = tables[names[0]]
+    worst = divmod(int(ablation.argmin()), ablation.shape[1])
+    numbers["most needed head"] = f"{str_head(worst)} ({float(ablation[worst]):.2f})"
+    report.add_section(
+        "Do the contextual heads matter? Ablation", text, numbers=numbers, figures=[fig]
+    )
+
+
 def _attention_section(report: Report, run: RunFolder) -> None:
     if not run.has("attention"):
         return
@@ -373,6 +404,7 @@ def build_report(
     report = Report(title, settings={**_flat_settings(run.settings()), **(settings or {})})
     _overview(report, run, evals)
     _heads_section(report, run)
+    _effects_section(report, run)
     _attention_section(report, run)
     _split_softmax_section(report, evals)
     _directions_section(report, run)

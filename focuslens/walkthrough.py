@@ -2,7 +2,7 @@
 
 1. **Contextual scores** on training prompts at :data:`focuslens.demo.DISTRACTING_DOCS`
    documents (teacher-forced gold answers), the top-k contextual heads, an attention
-   map of one prompt;
+   map of one prompt, and the effect of ablating each head on the answer;
 2. **Baseline and gold-only** accuracy on held-out test prompts;
 3. **Split-softmax check**: boost the relevant-span mass of the top-k heads (an
    oracle), against k random heads;
@@ -32,6 +32,7 @@ from focuslens.pipeline import (
     RunFolder,
     load_any_model,
     random_control,
+    stage_effects,
     stage_eval,
     stage_learn,
     stage_scores,
@@ -51,19 +52,21 @@ class DemoPlan:
     epochs: int
     lengths: tuple[int, ...]
     n_length: int
+    n_effects: int = 16
     max_new_tokens: int = 4
 
 
 QUICK = DemoPlan(
     n_train=16,
-    n_test=32,
+    n_test=24,
     k=2,
     taus=(0.1,),
-    alphas=(-1.0, 1.0, 2.0),
+    alphas=(-1.0, 2.0),
     random_alphas=(2.0,),
     epochs=2,
     lengths=(),
     n_length=0,
+    n_effects=8,
 )
 FULL = DemoPlan(
     n_train=64,
@@ -99,13 +102,37 @@ def run_demo(
     model: str = "demo",
     seed: int = 0,
     progress: bool = True,
+    threads: int | None = 1,
     echo: Callable[[str], None] = print,
 ) -> dict[str, Any]:
     """Run the demo into ``out`` (its earlier results are replaced) and write the report.
 
+    Args:
+        out: The run folder.
+        quick: Run :data:`QUICK` instead of :data:`FULL`.
+        model: The model (default: the shipped demo model).
+        seed: Seed of the prompts and the random heads.
+        progress: Show progress bars.
+        threads: Torch threads while the demo runs (restored after). One is fastest for
+            the tiny demo model: its operations are too small to gain from threads, and
+            on a busy machine the threads' synchronisation costs much more than it saves.
+        echo: Where the stage lines go.
+
     Returns:
         The headline numbers (:func:`focuslens.story.headline`) and the time taken.
     """
+    import torch
+
+    before = torch.get_num_threads()
+    if threads:
+        torch.set_num_threads(threads)
+    try:
+        return _run_demo(out, quick, model, seed, progress, echo)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run_demo(out, quick, model, seed, progress, echo) -> dict[str, Any]:
     from focuslens.story import build_report, headline
 
     plan = QUICK if quick else FULL
@@ -153,6 +180,10 @@ def _stages(model, run, plan: DemoPlan, seed, progress, echo, notes) -> None:
     echo(f"[1/6] contextual scores on {len(train)} prompts of {n_docs} documents")
     stage_scores(model, train, run, k=plan.k, progress=progress)
     heads = run.heads()
+    if _available("focuslens.attribution"):
+        stage_effects(model, train[: plan.n_effects], run)
+    else:
+        notes.append("ablation (focuslens.attribution) is not installed: its section is skipped")
     control = random_control(model, heads, seed=seed)
     kw = {"measure_heads": heads, "max_new_tokens": plan.max_new_tokens, "progress": progress}
     echo(f"[2/6] baseline and gold-only accuracy on {len(test)} test prompts")
@@ -191,8 +222,10 @@ def _stages(model, run, plan: DemoPlan, seed, progress, echo, notes) -> None:
         notes.append("focus directions (focuslens.learn) are not installed: stages 4-5 skipped")
         return
     echo(f"[4/6] learning focus directions ({plan.epochs} epochs, {len(train)} prompts)")
+    # Learn the layers of the random control too, so that it can be steered as well.
+    learned = list(heads) + [h for h in control if h not in heads]
     directions = stage_learn(
-        model, train, run, heads=heads, epochs=plan.epochs, seed=seed, progress=progress
+        model, train, run, heads=learned, epochs=plan.epochs, seed=seed, progress=progress
     )
     echo(f"[5/6] steering sweep: alpha in {list(plan.alphas)}")
     for alpha in plan.alphas:
