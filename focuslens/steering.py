@@ -175,25 +175,32 @@ def _qk_hooks(
 ) -> list[tuple[str, Callable]]:
     """Hooks adding ``alpha d_q`` to queries and ``alpha d_k`` (per KV head) to keys."""
 
+    tables: dict[tuple, Tensor] = {}
+
+    def vector(kind: str, layer: int, act: Tensor) -> Tensor:
+        """The layer's table on the activation's device and dtype (converted once)."""
+        key = (kind, layer, act.device, act.dtype)
+        if key not in tables:
+            tables[key] = (dq if kind == "q" else dk)[layer].to(device=act.device, dtype=act.dtype)
+        return tables[key]
+
+    def scaled(kind: str, layer: int, act: Tensor) -> Tensor:
+        alpha = _alpha_like(state.alpha, act, kind)
+        vec = vector(kind, layer, act)
+        return alpha * vec if isinstance(alpha, float) else (alpha * vec).to(act.dtype)
+
     def q_hook(q: Tensor, hook: Any, layer: int) -> Tensor:
-        vec = dq[layer].to(q.device)
-        delta = _alpha_like(state.alpha, q, "query") * vec  # [batch|1, 1, head, d_head]
-        if isinstance(delta, Tensor) and delta.dim() == 2:
-            delta = delta[None, None]
-        absolute = absolute_query_positions(
-            q.shape[1], tracker.offset(layer) + q.shape[1], q.device
-        )
-        rows = _row_mask(state, absolute)
-        if rows is not None:
-            delta = delta * rows[:, :, None, None]
-        return q + delta.to(q.dtype)
+        delta = scaled("q", layer, q)  # [head, d_head] or [batch, 1, head, d_head]
+        if state.positions != "all":
+            absolute = absolute_query_positions(
+                q.shape[1], tracker.offset(layer) + q.shape[1], q.device
+            )
+            rows = _row_mask(state, absolute)
+            delta = delta * rows[:, :, None, None].to(q.dtype)  # type: ignore[index]
+        return q + delta
 
     def k_hook(k: Tensor, hook: Any, layer: int) -> Tensor:
-        vec = dk[layer].to(k.device)
-        delta = _alpha_like(state.alpha, k, "key") * vec
-        if isinstance(delta, Tensor) and delta.dim() == 2:
-            delta = delta[None, None]
-        return k + delta.to(k.dtype)
+        return k + scaled("k", layer, k)
 
     out = []
     for layer in dq:
@@ -349,8 +356,10 @@ def steer(
     else:
         fwd = _score_hooks(model, dq, head_set.by_layer(), state, entries)
     with contextlib.ExitStack() as stack:
-        stack.enter_context(tracker)
-        stack.enter_context(entries)
+        if positions != "all":
+            stack.enter_context(tracker)
+        if form == "scores" and not key_hook_name(model, 0).endswith("rot_k"):
+            stack.enter_context(entries)
         stack.enter_context(hooks(model, fwd))
         if isinstance(alpha, str):
             if alpha != "auto":
