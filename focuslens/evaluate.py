@@ -289,7 +289,7 @@ def _one(model: Any, index: int, prompt: LabeledPrompt, options: _Options) -> di
 
 def evaluate(
     model: Any,
-    prompts: Sequence[LabeledPrompt],
+    prompts: Sequence[LabeledPrompt] | LabeledPrompt,
     *,
     intervention: Intervention | None = None,
     metric: str | Metric | None = None,
