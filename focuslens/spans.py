@@ -142,6 +142,7 @@ class LabeledPrompt:
         doc_body: str = DEFAULT_DOC_BODY,
         chat_template: Any | None = None,
         response: str | None = None,
+        separator: str = "\n",
     ) -> LabeledPrompt:
         """Build a multi-document QA prompt in the "lost in the middle" format.
 
@@ -157,6 +158,7 @@ class LabeledPrompt:
             chat_template: A Hugging Face tokenizer with a chat template; when given,
                 the prompt becomes the user turn and a generation prompt is added.
             response: Optional teacher-forced response.
+            separator: Text between documents (HELMET uses a blank line, ``"\n\n"``).
         """
         bodies = []
         for i, doc in enumerate(documents):
@@ -178,7 +180,7 @@ class LabeledPrompt:
             gold_index=gold_index,
             footer=f"\n\nQuestion: {question}\nAnswer:",
             answers=answers,
-            separator="\n",
+            separator=separator,
             prefix_format=doc_prefix,
             wrap=wrap,
             response=response,
