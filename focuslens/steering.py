@@ -393,6 +393,8 @@ class Steering:
         form: ``"qk"`` or ``"scores"``.
         auto: Optional :class:`~focuslens.magnitude.AutoAlpha` settings.
         last_alpha: The alphas used by the last ``apply`` (one per prompt), for reports.
+        history: Every alpha used, appended on each ``apply`` (``evaluate`` with ``heads``
+            applies twice per prompt, with the same alpha).
     """
 
     directions: FocusDirections
@@ -402,6 +404,7 @@ class Steering:
     form: str = "qk"
     auto: Any = None
     last_alpha: list[float] = field(default_factory=list)
+    history: list[float] = field(default_factory=list)
 
     def apply(self, model: Any, prompts: Sequence[LabeledPrompt]) -> Any:
         """The steering context for a batch of ``prompts`` (as ``evaluate`` passes them)."""
@@ -427,6 +430,7 @@ class Steering:
         ) as state:
             a = state.alpha
             self.last_alpha = a.tolist() if isinstance(a, Tensor) else [float(a)] * len(n_prompt)
+            self.history.extend(self.last_alpha)
             yield state
 
     def __repr__(self) -> str:
