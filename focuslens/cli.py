@@ -2,8 +2,8 @@
 
 Quick start (offline, on the shipped demo model)::
 
-    focuslens demo --out focuslens-demo        # the whole story, a few minutes on 2 cores
-    open focuslens-demo/report.html
+    focuslens demo                 # the whole story, a few minutes on 2 cores
+    open focuslens-out/report.html
 
 Step by step, on any model TransformerLens can load (a name whose weights are in the
 local Hugging Face cache, a local model folder, or ``demo``), through one run folder::
@@ -327,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="the whole story on the demo model, then a report")
-    p.add_argument("--out", default="focuslens-demo", help="run folder (default: focuslens-demo)")
+    p.add_argument("--out", default="focuslens-out", help="run folder (default: focuslens-out)")
     p.add_argument("--quick", action="store_true", help="fewer prompts and settings (< 1 min)")
     p.add_argument("--model", default="demo", help="model (default: the shipped demo model)")
     p.add_argument("--seed", type=int, default=0)
@@ -428,7 +428,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status (0 ok, 1 error, 2 bad usage)."""
+    import torch
+
     args = build_parser().parse_args(argv)
+    threads = torch.get_num_threads()
     try:
         args.func(args)
     except CommandError as exc:
@@ -437,6 +440,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("focuslens: interrupted", file=sys.stderr)
         return 130
+    finally:
+        torch.set_num_threads(
+            threads
+        )  # --threads lasts one command (main is also called in-process)
     return 0
 
 

@@ -342,6 +342,7 @@ def stage_eval(
     frame = result.to_dataframe()
     extra = {
         "condition": name,
+        "data": data,
         "kind": kind,
         "head_set": head_set,
         "k": k,

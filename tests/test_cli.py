@@ -1,0 +1,224 @@
+"""The ``focuslens`` command: end to end through files, exit codes and messages."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from _tiny import save_model_folder, tiny_model
+from test_scores import make_prompts
+
+from focuslens import ContextualScores, contextual_scores
+from focuslens.cli import main
+from focuslens.pipeline import RunFolder
+from focuslens.prompt_files import read_prompts, write_prompts
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    """A tiny model saved as a model folder, and train/test prompt files."""
+    root = tmp_path_factory.mktemp("cli")
+    model = tiny_model("gqa")
+    save_model_folder(model, root / "model")
+    write_prompts(make_prompts(4), root / "train.jsonl")
+    write_prompts(make_prompts(4, seed=1), root / "test.jsonl")
+    return root, model
+
+
+# ---------------------------------------------------------------------- help and usage
+def test_help_names_every_command(capsys):
+    with pytest.raises(SystemExit) as exc:
+        main(["--help"])
+    assert exc.value.code == 0
+    out = capsys.readouterr().out
+    for command in ("demo", "data", "scores", "learn", "eval", "steer", "report"):
+        assert command in out
+    with pytest.raises(SystemExit) as exc:
+        main(["steer", "--help"])
+    assert "--alpha" in capsys.readouterr().out
+
+
+def test_bad_alpha_is_a_usage_error(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exc:
+        main(["steer", "--data", "x.jsonl", "--out", str(tmp_path), "--alpha", "strong"])
+    assert exc.value.code == 2
+    assert "alpha must be a number or 'auto', got 'strong'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------- bad inputs
+def test_malformed_data_file_names_the_line(capsys, tmp_path, files):
+    root, _ = files
+    good = (root / "train.jsonl").read_text().splitlines()
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(good[0] + "\n" + good[1][:-5] + "\n")
+    code, _, err = run(capsys, "scores", "--data", str(bad), "--out", str(tmp_path / "r"))
+    assert code == 1
+    assert err.startswith("focuslens: error: ") and f"{bad}, line 2: not valid JSON" in err
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text('{"prompt": "w1 w2"}\n')
+    code, _, err = run(capsys, "scores", "--data", str(odd), "--out", str(tmp_path / "r"))
+    assert code == 1 and f"{odd}, line 1: unknown prompt record with keys ['prompt']" in err
+    broken = tmp_path / "broken.jsonl"
+    broken.write_text(good[0] + "\n" + '{"bodies": ["w1"], "answers": ["x"]}\n')
+    code, _, err = run(capsys, "scores", "--data", str(broken), "--out", str(tmp_path / "r"))
+    assert (
+        code == 1 and "line 2: not a valid 'documents' prompt: missing fields ['prefixes']" in err
+    )
+    code, _, err = run(capsys, "scores", "--data", str(tmp_path / "nope.jsonl"), "--out", "r")
+    assert code == 1 and "nope.jsonl does not exist" in err
+
+
+def test_unknown_model_and_unreachable_weights(capsys, tmp_path, files, monkeypatch):
+    root, _ = files
+    data = str(root / "train.jsonl")
+    code, _, err = run(
+        capsys, "scores", "--model", "no-such-model-xyz", "--data", data, "--out", str(tmp_path)
+    )
+    assert code == 1 and "unknown model 'no-such-model-xyz'" in err
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    code, _, err = run(capsys, "scores", "--model", "gpt2", "--data", data, "--out", str(tmp_path))
+    if code == 0:
+        pytest.skip("gpt2's weights are in this machine's Hugging Face cache")
+    assert code == 1 and "not reachable" in err and "huggingface-cli download" in err
+
+
+def test_later_stages_say_which_command_comes_first(capsys, tmp_path, files):
+    root, _ = files
+    common = ["--model", str(root / "model"), "--data", str(root / "test.jsonl"), "--quiet"]
+    code, _, err = run(capsys, "learn", *common, "--out", str(tmp_path / "empty"))
+    assert code == 1 and "heads.json does not exist; run `focuslens scores` first" in err
+    (tmp_path / "h").mkdir()
+    (tmp_path / "h" / "heads.json").write_text("[[1, 0]]")
+    code, _, err = run(capsys, "steer", *common, "--out", str(tmp_path / "h"), "--alpha", "1")
+    assert code == 1 and "directions.safetensors does not exist; run `focuslens learn" in err
+    code, _, err = run(capsys, "report", str(tmp_path / "missing"))
+    assert code == 1 and "run folder" in err and "does not exist" in err
+
+
+# ---------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_scores_learn_eval_steer_report_through_files(capsys, tmp_path, files):
+    root, model = files
+    out = tmp_path / "run"
+    common = ["--model", str(root / "model"), "--out", str(out), "--quiet", "--threads", "1"]
+    train, test = str(root / "train.jsonl"), str(root / "test.jsonl")
+    code, stdout, _ = run(capsys, "scores", *common, "--data", train, "--k", "2", "--effects", "2")
+    assert code == 0 and "top 2 contextual heads: L" in stdout
+    # The scores file holds exactly what contextual_scores computes on the same prompts.
+    expected = contextual_scores(model, read_prompts(train))
+    saved = ContextualScores.load(out / "scores.safetensors")
+    torch.testing.assert_close(saved.relevant, expected.relevant, atol=1e-6, rtol=0)
+    assert json.loads((out / "heads.json").read_text()) == [list(h) for h in expected.top_heads(2)]
+    assert (out / "effects.safetensors").is_file() and (out / "attention.safetensors").is_file()
+
+    code, stdout, _ = run(capsys, "learn", *common, "--data", train, "--epochs", "1")
+    assert code == 0 and (out / "directions.safetensors").is_file()
+    code, stdout, _ = run(
+        capsys,
+        "eval",
+        *common,
+        "--data",
+        test,
+        "--gold-only",
+        "--split-softmax",
+        "0.1",
+        "--random-heads",
+        "--max-new-tokens",
+        "2",
+    )
+    assert code == 0
+    names = [line.split(":")[0] for line in stdout.splitlines() if "accuracy" in line]
+    assert names == [
+        "baseline",
+        "gold only",
+        "split-softmax top-2 tau=0.1",
+        "split-softmax random-2 tau=0.1",
+    ]
+    code, stdout, _ = run(
+        capsys, "steer", *common, "--data", test, "--alpha", "0.5", "--max-new-tokens", "2"
+    )
+    assert code == 0 and "steer top-2 alpha=0.5: accuracy" in stdout
+
+    evals = RunFolder(out).evals()
+    assert sorted(set(evals.condition)) == sorted([*names, "steer top-2 alpha=0.5"])
+    assert set(evals.data) == {"test"} and (evals.groupby("condition").size() == 4).all()
+    from focuslens.evaluate import evaluate
+
+    direct = evaluate(model, read_prompts(test), max_new_tokens=2, progress=False)
+    baseline = evals[evals.condition == "baseline"]
+    assert baseline.prediction.tolist() == direct.to_dataframe().prediction.tolist()
+
+    code, stdout, _ = run(capsys, "report", str(out))
+    assert code == 0 and f"report: {out / 'report.html'}" in stdout
+    html = (out / "report.html").read_text()
+    for title in (
+        "Contextual heads",
+        "Do the contextual heads matter? Ablation",
+        "Is attention the lever? Split-softmax",
+        "Focus directions",
+        "Steering with focus directions",
+    ):
+        assert f"<h2>{title}</h2>" in html
+
+
+def _demo_missing() -> str | None:
+    try:
+        from focuslens.demo import load_demo_model
+
+        load_demo_model()
+    except Exception as exc:  # noqa: BLE001 - any reason means: no demo model here
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+@pytest.mark.slow
+def test_demo_model_end_to_end_through_files(capsys, tmp_path):
+    missing = _demo_missing()
+    if missing:
+        pytest.skip(f"the demo model is not available ({missing})")
+    from focuslens.demo import DISTRACTING_DOCS
+
+    train, test, out = tmp_path / "train.jsonl", tmp_path / "test.jsonl", tmp_path / "run"
+    docs = str(DISTRACTING_DOCS)
+    assert (
+        run(capsys, "data", "synthetic", "--n", "8", "--n-documents", docs, "--out", str(train))[0]
+        == 0
+    )
+    assert (
+        run(
+            capsys,
+            "data",
+            "synthetic",
+            "--n",
+            "8",
+            "--n-documents",
+            docs,
+            "--seed",
+            "1",
+            "--out",
+            str(test),
+        )[0]
+        == 0
+    )
+    common = ["--out", str(out), "--quiet", "--threads", "1"]
+    code, stdout, _ = run(capsys, "scores", *common, "--data", str(train))
+    assert code == 0 and "top 2 contextual heads" in stdout
+    assert run(capsys, "learn", *common, "--data", str(train), "--epochs", "1")[0] == 0
+    code, stdout, _ = run(capsys, "eval", *common, "--data", str(test), "--max-new-tokens", "4")
+    assert code == 0 and "baseline: accuracy" in stdout
+    code, stdout, _ = run(
+        capsys, "steer", *common, "--data", str(test), "--alpha", "1", "--max-new-tokens", "4"
+    )
+    assert code == 0
+    code, stdout, _ = run(capsys, "report", str(out))
+    assert code == 0 and (out / "report.html").is_file()
+    evals = RunFolder(out).evals()
+    assert set(evals.condition) == {"baseline", "steer top-2 alpha=1.0"} and len(evals) == 16
