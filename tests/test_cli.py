@@ -222,3 +222,37 @@ def test_demo_model_end_to_end_through_files(capsys, tmp_path):
     assert code == 0 and (out / "report.html").is_file()
     evals = RunFolder(out).evals()
     assert set(evals.condition) == {"baseline", "steer top-2 alpha=1.0"} and len(evals) == 16
+
+
+# ---------------------------------------------------------------------- prompt files
+def test_prompt_files_round_trip_and_keep_variants(tmp_path):
+    from focuslens import LabeledPrompt
+
+    prompts = make_prompts(3)
+    path = write_prompts(prompts, tmp_path / "p.jsonl")
+    back = read_prompts(path)
+    assert back == prompts  # text, spans, answers, response
+    assert [b.gold_only().text for b in back] == [p.gold_only().text for p in prompts]
+    assert back[1].distractors_only() == prompts[1].distractors_only()
+    plain = LabeledPrompt("w1 w2 w3 w4", (3, 5), [(6, 11)], ["w2"], response="w2", meta={"a": 1})
+    write_prompts([plain], tmp_path / "plain.jsonl")
+    (again,) = read_prompts(tmp_path / "plain.jsonl")
+    assert again == plain and again.meta == {"a": 1}
+    assert len(read_prompts(path, limit=2)) == 2
+    with pytest.raises(ValueError, match="format must be one of"):
+        read_prompts(path, "csv")
+
+
+def test_qa_records_are_read_by_the_helmet_loader(tmp_path):
+    record = {
+        "question": "w7",
+        "answers": ["w3"],
+        "ctxs": [
+            {"title": "w1", "text": "w2 w3", "has_answer": True},
+            {"title": "w1", "text": "w4 w5", "has_answer": False},
+        ],
+    }
+    path = tmp_path / "qa.jsonl"
+    path.write_text(json.dumps(record) + "\n")
+    (prompt,) = read_prompts(path)
+    assert prompt.text[slice(*prompt.relevant)].endswith("w2 w3") and len(prompt.distractors) == 1

@@ -69,8 +69,10 @@ def test_head_effects_diverging_and_ranked_by_magnitude(model, prompts):
     fig = plots.head_effects({"a": effect, "b": -0.5 * effect}, top_k=2, label="delta")
     heats = [t for t in fig.data if t.type == "heatmap"]
     bound = float(effect.abs().max())
-    assert all(h.zmid == 0 and h.zmin == pytest.approx(-bound) and h.zmax == pytest.approx(bound)
-               for h in heats)  # fmt: skip
+    assert all(
+        h.zmid == 0 and h.zmin == pytest.approx(-bound) and h.zmax == pytest.approx(bound)
+        for h in heats
+    )
     magnitude = effect.abs().flatten().tolist()
     order = sorted(range(len(magnitude)), key=lambda i: -magnitude[i])[:2]
     marks = fig.data[1]
@@ -189,6 +191,27 @@ def test_attention_map_data_is_pure_and_leaves_no_hooks(model, prompts):
     assert len(df) == 2 * len(amap.rows) * amap.n_keys
 
 
+def test_attention_map_save_load_round_trip(model, prompts, tmp_path):
+    from focuslens.attention import AttentionMap
+
+    amap = attention_map_data(model, prompts[2], HEADS).window(3, 20)
+    amap.save(tmp_path / "a.safetensors")
+    back = AttentionMap.load(tmp_path / "a.safetensors")
+    assert torch.equal(back.pattern, amap.pattern)
+    assert (back.heads, back.rows, back.tokens, back.offset, back.relevant, back.distractors) == (
+        amap.heads,
+        amap.rows,
+        amap.tokens,
+        amap.offset,
+        amap.relevant,
+        amap.distractors,
+    )
+    assert back.labels() == amap.labels() and back.labels()[0].startswith("3:")
+    (tmp_path / "bad.safetensors").write_bytes(b"nope")
+    with pytest.raises(ValueError, match="not a readable AttentionMap file"):
+        AttentionMap.load(tmp_path / "bad.safetensors")
+
+
 # ---------------------------------------------------------------------- sweeps
 @pytest.fixture(scope="module")
 def results(model, prompts):
@@ -220,8 +243,10 @@ def test_wilson_interval_matches_hand_formula():
 
 
 def test_accuracy_curves_sweep_with_error_bars_and_references(results):
-    sweep = {"top-k": {0.0: results["base"], 0.5: results["half"]},
-             "random": {0.0: results["other"], 0.5: (0.25, 8)}}  # fmt: skip
+    sweep = {
+        "top-k": {0.0: results["base"], 0.5: results["half"]},
+        "random": {0.0: results["other"], 0.5: (0.25, 8)},
+    }
     fig = plots.accuracy_curves(sweep, x="alpha", baseline=results["base"], gold_only=0.9)
     curves = [t for t in fig.data if t.x[0] is not None]
     assert [c.name for c in curves] == ["top-k", "random"]
