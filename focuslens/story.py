@@ -7,6 +7,8 @@ only when its files are:
 1. Overview: the conditions evaluated, with accuracy, 95 % interval and attention;
 2. Contextual heads: layer x head maps of the relevant, distractor and sink scores
    (and of the gold-only prompt);
+   Do they matter? The effect of ablating each head on log p(answer), exact and by
+   attribution patching;
 3. Where the contextual heads look: one example's attention, by document and zoomed
    on the relevant document;
 4. Is attention the lever? Split-softmax on the top-k heads against k random heads;
@@ -350,12 +352,18 @@ def _steering_section(report: Report, evals: pd.DataFrame) -> None:
         if len(neg)
         else ""
     )
+    auto = table[table["x"] == "auto"]
+    auto_text = (
+        f" With alpha='auto' (focuslens's own magnitude rule: alpha chosen per prompt, "
+        f"not the paper's) accuracy is {auto['accuracy'].iloc[0]:.2f}."
+        if len(auto)
+        else ""
+    )
     text = (
         "Steering adds alpha times the learned query direction to the queries of the chosen "
         "heads, at every position, with no span labels at inference. "
         f"Baseline {_fmt(_acc(base) if base is not None else None)}; best: {best['series']} at "
-        f"alpha={best['x']} with {best['accuracy']:.2f}.{neg_text} 'auto' picks alpha per prompt "
-        "(focuslens's own magnitude rule)."
+        f"alpha={best['x']} with {best['accuracy']:.2f}.{neg_text}{auto_text}"
     )
     report.add_section(
         "Steering with focus directions",

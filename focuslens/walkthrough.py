@@ -70,14 +70,14 @@ QUICK = DemoPlan(
 )
 FULL = DemoPlan(
     n_train=64,
-    n_test=120,
+    n_test=100,
     k=2,
-    taus=(0.1, 0.3, 0.6),
-    random_alphas=(1.0, 2.0),
-    alphas=(-1.0, -0.5, 0.5, 1.0, 2.0, 3.0, "auto"),
+    taus=(0.1, 0.5),
+    alphas=(-1.0, -0.5, 0.5, 1.0, 2.0, "auto"),
+    random_alphas=(1.0,),
     epochs=10,
-    lengths=(8, 24, 64),
-    n_length=60,
+    lengths=(16, 64),
+    n_length=50,
 )
 
 
@@ -148,7 +148,8 @@ def _run_demo(out, quick, model, seed, progress, echo) -> dict[str, Any]:
         notes.append(f"the demo model could not be loaded ({exc}); every stage was skipped")
     if lm is not None:
         if _available("focuslens.tasks.synthetic"):
-            _stages(lm, run, plan, seed, progress, echo, notes)
+            stamped = lambda msg: echo(f"{msg}  [{time.perf_counter() - start:.0f} s]")  # noqa: E731
+            _stages(lm, run, plan, seed, progress, stamped, notes)
         else:
             notes.append("focuslens.tasks.synthetic is not installed; every stage was skipped")
     for note in notes:
