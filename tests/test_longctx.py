@@ -21,10 +21,9 @@ from focuslens.longctx import (
     kv_cache_bytes,
     new_cache,
     parse_memory,
-    span_labels,
-    span_mass_from_keys,
 )
 from focuslens.scores import KINDS, span_masks
+from focuslens.spanmass import span_labels, span_mass_from_keys
 
 
 def assert_scores_close(a, b, atol=1e-5):
