@@ -392,8 +392,9 @@ def rank_correlation(
     """Rank correlation of two per-head tables over the heads where both have a value.
 
     Args:
-        a, b: ``[n_layers, n_heads]`` tables: tensors, :class:`HeadScores`, or
+        a: A ``[n_layers, n_heads]`` table: a tensor, a :class:`HeadScores`, or a
             :class:`~focuslens.ContextualScores` (read at kind ``by``).
+        b: Another table of the same shape, of the same kinds.
         method: ``"spearman"`` (Pearson correlation of average ranks) or ``"kendall"``
             (tau-b, which handles ties).
         by: The kind read from a ContextualScores.
