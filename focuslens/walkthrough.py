@@ -14,13 +14,11 @@
 7. **Report**: ``OUT/report.html``, self-contained.
 
 ``quick=True`` runs fewer prompts and settings (under a minute on two cores, for
-tests); the default is sized for a few minutes. A stage whose module is not installed
-is skipped with a printed note, and the report says so.
+tests); the default is sized for a few minutes.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -79,13 +77,6 @@ FULL = DemoPlan(
     lengths=(16, 64),
     n_length=50,
 )
-
-
-def _available(module: str) -> bool:
-    try:
-        return importlib.util.find_spec(module) is not None
-    except ModuleNotFoundError:
-        return False
 
 
 def _clear(run: RunFolder) -> None:
@@ -147,11 +138,8 @@ def _run_demo(out, quick, model, seed, progress, echo) -> dict[str, Any]:
         lm = None
         notes.append(f"the demo model could not be loaded ({exc}); every stage was skipped")
     if lm is not None:
-        if _available("focuslens.tasks.synthetic"):
-            stamped = lambda msg: echo(f"{msg}  [{time.perf_counter() - start:.0f} s]")  # noqa: E731
-            _stages(lm, run, plan, seed, progress, stamped, notes)
-        else:
-            notes.append("focuslens.tasks.synthetic is not installed; every stage was skipped")
+        stamped = lambda msg: echo(f"{msg}  [{time.perf_counter() - start:.0f} s]")  # noqa: E731
+        _stages(lm, run, plan, seed, progress, stamped)
     for note in notes:
         echo(f"note: {note}")
     elapsed = time.perf_counter() - start
@@ -171,86 +159,54 @@ def _run_demo(out, quick, model, seed, progress, echo) -> dict[str, Any]:
     return {**headline(run.folder), "time (s)": round(time.perf_counter() - start, 1)}
 
 
-def _stages(model, run, plan: DemoPlan, seed, progress, echo, notes) -> None:
+def _stages(model, run, plan: DemoPlan, seed, progress, echo) -> None:
     from focuslens.demo import DISTRACTING_DOCS
+    from focuslens.interventions import SplitSoftmax
     from focuslens.tasks import synthetic_retrieval
 
     n_docs = DISTRACTING_DOCS
     train = synthetic_retrieval(plan.n_train, n_documents=n_docs, seed=seed)
     test = synthetic_retrieval(plan.n_test, n_documents=n_docs, seed=seed + 1)
-    echo(f"[1/6] contextual scores on {len(train)} prompts of {n_docs} documents")
+    echo(f"[1/6] contextual scores on {len(train)} prompts of {n_docs} documents, ablation")
     stage_scores(model, train, run, k=plan.k, progress=progress)
+    stage_effects(model, train[: plan.n_effects], run)
     heads = run.heads()
-    if _available("focuslens.attribution"):
-        stage_effects(model, train[: plan.n_effects], run)
-    else:
-        notes.append("ablation (focuslens.attribution) is not installed: its section is skipped")
     control = random_control(model, heads, seed=seed)
     kw = {"measure_heads": heads, "max_new_tokens": plan.max_new_tokens, "progress": progress}
+    sets = {"top": heads, "random": control}
+
+    def condition(kind: str, name: str, make: Any, **param: Any) -> None:
+        stage_eval(
+            model,
+            test,
+            run,
+            kind=kind,
+            intervention=make(sets[name]),
+            head_set=name,
+            k=len(heads),
+            **param,
+            **kw,
+        )
+
     echo(f"[2/6] baseline and gold-only accuracy on {len(test)} test prompts")
     stage_eval(model, test, run, **kw)
     stage_eval(model, test, run, kind="gold_only", **kw)
-    top = {"head_set": "top", "k": len(heads)}
-    rnd = {"head_set": "random", "k": len(heads)}
-    if _available("focuslens.interventions"):
-        from focuslens.interventions import SplitSoftmax
-
-        echo(f"[3/6] split-softmax on the top {len(heads)} heads and on {len(heads)} random heads")
-        for tau in plan.taus:
-            stage_eval(
-                model,
-                test,
-                run,
-                kind="split_softmax",
-                tau=tau,
-                intervention=SplitSoftmax(heads, tau),
-                **top,
-                **kw,
-            )
-            stage_eval(
-                model,
-                test,
-                run,
-                kind="split_softmax",
-                tau=tau,
-                intervention=SplitSoftmax(control, tau),
-                **rnd,
-                **kw,
-            )
-    else:
-        notes.append("split-softmax (focuslens.interventions) is not installed: stage 3 skipped")
-    if not _available("focuslens.learn"):
-        notes.append("focus directions (focuslens.learn) are not installed: stages 4-5 skipped")
-        return
+    echo(f"[3/6] split-softmax on the top {len(heads)} heads and on {len(heads)} random heads")
+    for tau in plan.taus:
+        for name in sets:
+            condition("split_softmax", name, lambda h, tau=tau: SplitSoftmax(h, tau), tau=tau)
     echo(f"[4/6] learning focus directions ({plan.epochs} epochs, {len(train)} prompts)")
     # Learn the layers of the random control too, so that it can be steered as well.
     learned = list(heads) + [h for h in control if h not in heads]
     directions = stage_learn(
         model, train, run, heads=learned, epochs=plan.epochs, seed=seed, progress=progress
     )
-    echo(f"[5/6] steering sweep: alpha in {list(plan.alphas)}")
-    for alpha in plan.alphas:
-        stage_eval(
-            model,
-            test,
-            run,
-            kind="steering",
-            alpha=alpha,
-            intervention=directions.steering(heads, alpha),
-            **top,
-            **kw,
-        )
-    for alpha in plan.random_alphas:
-        stage_eval(
-            model,
-            test,
-            run,
-            kind="steering",
-            alpha=alpha,
-            intervention=directions.steering(control, alpha),
-            **rnd,
-            **kw,
-        )
+    echo(
+        f"[5/6] steering sweep: alpha in {list(plan.alphas)} (random heads: {list(plan.random_alphas)})"
+    )
+    for name, alphas in (("top", plan.alphas), ("random", plan.random_alphas)):
+        for alpha in alphas:
+            condition("steering", name, lambda h, a=alpha: directions.steering(h, a), alpha=alpha)
     if plan.lengths:
         _lengths(model, run, plan, seed, directions, heads, kw, echo)
 
