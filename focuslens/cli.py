@@ -1,12 +1,12 @@
-"""The ``focuslens`` command.
+"""The focuslens command.
 
-Quick start (offline, on the shipped demo model)::
+Quick start (offline, on the shipped demo model):
 
     focuslens demo                 # the whole story, a few minutes on 2 cores
     open focuslens-out/report.html
 
 Step by step, on any model TransformerLens can load (a name whose weights are in the
-local Hugging Face cache, a local model folder, or ``demo``), through one run folder::
+local Hugging Face cache, a local model folder, or "demo"), through one run folder:
 
     focuslens data synthetic --n 200 --n-documents 48 --seed 0 --out train.jsonl
     focuslens data synthetic --n 100 --n-documents 48 --seed 1 --out test.jsonl
@@ -16,10 +16,13 @@ local Hugging Face cache, a local model folder, or ``demo``), through one run fo
     focuslens steer  --model demo --data test.jsonl --out run/ --alpha -0.5 0.5 1 auto --random-heads
     focuslens report run/
 
-Prompt files are JSON Lines: the ``documents`` form that ``focuslens data`` writes, the
-``labeled`` form, or HELMET / lost-in-the-middle QA records (see
-:mod:`focuslens.prompt_files`). Errors are printed as one line naming the problem, with
-exit status 1 (2 for a bad command line).
+Prompt files are JSON Lines: the "documents" form that `focuslens data` writes, the
+"labeled" form, or HELMET / lost-in-the-middle QA records (focuslens.prompt_files
+describes them). Each stage writes its results into the run folder (--out), where the
+next one reads them: scores.safetensors, heads.json, attention.safetensors,
+effects.safetensors, directions.safetensors, evals.jsonl, settings.json; `focuslens
+report` turns the folder into one self-contained HTML page. Errors are printed as one
+line naming the problem, with exit status 1 (2 for a bad command line).
 """
 
 from __future__ import annotations
