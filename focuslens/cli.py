@@ -226,8 +226,6 @@ def cmd_steer(args: argparse.Namespace) -> None:
         sets["random"] = random_control(model, heads, seed=args.seed)
     for alpha in args.alpha:
         for name, chosen in sets.items():
-            if name == "random" and alpha == "auto":
-                continue  # the auto rule is calibrated on the top heads
             _condition(
                 model,
                 prompts,

@@ -141,7 +141,11 @@ def _model_name(model: Any) -> str | None:
 def with_scoring_responses(
     model: Any, prompts: Sequence[LabeledPrompt], response: str = "auto", max_new_tokens: int = 20
 ) -> list[LabeledPrompt]:
-    """Prompts with the response whose rows the scores average over (module docstring)."""
+    """Prompts with the response whose rows the scores average over (module docstring).
+
+    With ``"generated"``, a prompt whose greedy answer is empty keeps its first gold
+    answer as the response (an empty response has no rows to average over).
+    """
     from focuslens.generation import generate_greedy
     from focuslens.spans import tokenize_prompt
 
@@ -173,7 +177,12 @@ def stage_scores(
     progress: bool = True,
 ) -> ContextualScores:
     """Contextual scores on the prompts (and their gold-only variants), the top-k heads,
-    and one example's attention map; written to the run folder."""
+    and one example's attention map; written to the run folder.
+
+    Prompts without a relevant document (absent-key queries) are left out: a contextual
+    score needs a relevant span. Their number is recorded in ``settings.json``.
+    """
+    n_given = len(prompts)
     prompts = [p for p in prompts if p.relevant is not None]
     if not prompts:
         raise ValueError("no prompt has a relevant document; contextual scores need one")
@@ -194,6 +203,7 @@ def stage_scores(
     settings = {
         "model": _model_name(model),
         "n_prompts": len(answered),
+        "n_without_relevant": n_given - len(answered),
         "k": k,
         "query": query,
         "sink": sink,
