@@ -57,13 +57,14 @@ def test_token_spans_cover_whole_documents(tokenizer):
     start, end = tp.relevant
     assert end - start == syn.DOC_TOKENS - 1
     assert words[start - 1] == syn.DOC_OPEN and words[end - 1] == syn.DOC_CLOSE
-    assert tp.n_response == syn.VALUE_LEN + 1
+    assert tp.n_response == syn.VALUE_LEN
 
 
 def test_response_answers_and_meta():
     ps = synthetic_retrieval(10, n_documents=4, absent=0.5, seed=1)
     for p in ps:
-        assert p.response == f"{p.answers[0]} {syn.EOS}"
+        assert p.response == p.answers[0]
+        assert p.meta["max_new_tokens"] == syn.VALUE_LEN + 1
         assert p.meta["metric"] == "exact"
         assert p.meta["n_documents"] == p.n_documents == 4
         assert p.meta["gold_position"] == p.gold_position
@@ -120,9 +121,10 @@ def test_similar_distractors_share_one_key_word(similar):
 
 
 def test_keys_and_values_distinct():
-    for p in synthetic_retrieval(5, n_documents=200, similar=0.5, seed=7):
+    for p in synthetic_retrieval(3, n_documents=syn.MAX_DOCUMENTS, similar=0.4, seed=7):
         keys, values = zip(*_docs(p))
-        assert len(set(keys)) == len(set(values)) == 200
+        assert len(set(keys)) == syn.MAX_DOCUMENTS
+        assert len({w for v in values for w in v}) == syn.MAX_DOCUMENTS * syn.VALUE_LEN
 
 
 def test_gold_only_and_distractors_only_variants():
@@ -155,7 +157,8 @@ def test_training_layout_matches_prompts(tokenizer):
     end = first_query + 1 + syn.KEY_LEN
     assert tp.tokens[: tp.n_prompt].tolist() == ids[:end]
     assert tp.tokens[tp.n_prompt :].tolist() == ids[end : end + tp.n_response]
-    assert targets[: tp.n_response] == list(range(end, end + tp.n_response))
+    assert targets[: tp.n_response + 1] == list(range(end, end + tp.n_response + 1))
+    assert ids[end + tp.n_response] == tokenizer.eos_token_id
 
 
 @pytest.mark.parametrize(
@@ -169,6 +172,8 @@ def test_training_layout_matches_prompts(tokenizer):
         ({"n_documents": 4, "absent": 1.5}, "absent must be a fraction in \\[0, 1\\], got 1.5"),
         ({"n_documents": 4, "similar": -0.1}, "similar must be a fraction"),
         ({"n_documents": 4, "absent": "half"}, "absent must be a fraction"),
+        ({"n_documents": 200, "similar": 1.0}, "199 distractors cannot all share one word"),
+        ({"n_documents": 257}, "n_documents must be in \\[1, 256\\], got 257"),
     ],
 )
 def test_bad_options(kwargs, message):

@@ -97,11 +97,8 @@ def sample_sequence(rng: random.Random, r: Recipe, n: int) -> tuple[list[int], l
         key = _near(rng, rng.choice(keys)) if keys and rng.random() < share else _key(rng)
         if key not in keys:
             keys.append(key)
-    values: list[tuple[int, ...]] = []
-    while len(values) < n:
-        value = tuple(rng.choice(VALUE_IDS) for _ in range(syn.VALUE_LEN))
-        if value not in values:
-            values.append(value)
+    words = rng.sample(VALUE_IDS, n * syn.VALUE_LEN)
+    values = [tuple(words[i : i + syn.VALUE_LEN]) for i in range(0, len(words), syn.VALUE_LEN)]
     ids = [TOKEN_ID[syn.BOS]]
     for k, v in zip(keys, values):
         ids += [TOKEN_ID[syn.DOC_OPEN], *k, *v, TOKEN_ID[syn.DOC_CLOSE]]
@@ -169,7 +166,8 @@ def train(r: Recipe, log_every: int = 100) -> tuple[torch.nn.Module, list[dict]]
     model = build_model(r.seed)
     opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
     rng = random.Random(f"focuslens.demo.train:{r.seed}")
-    log, start, running = [], time.perf_counter(), 0.0
+    log, running = [], 0.0
+    start, cpu_start = time.perf_counter(), time.process_time()
     for step in range(r.steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, r)
@@ -186,6 +184,7 @@ def train(r: Recipe, log_every: int = 100) -> tuple[torch.nn.Module, list[dict]]
                 "step": step + 1,
                 "loss": running / log_every,
                 "seconds": round(time.perf_counter() - start, 1),
+                "cpu_seconds": round(time.process_time() - cpu_start, 1),
             }
             log.append(entry)
             print(json.dumps(entry), flush=True)
@@ -207,6 +206,7 @@ def save(model, out: Path, r: Recipe, log: list[dict]) -> None:
     record = {
         "recipe": asdict(r),
         "train_seconds": log[-1]["seconds"] if log else None,
+        "train_cpu_seconds": log[-1]["cpu_seconds"] if log else None,
         "log": log,
         "torch": torch.__version__,
     }

@@ -17,10 +17,14 @@ demo model reads a document from its ``]``); without it, every head's relevant-s
 score looks uniform. The same holds for real models, which also collect a passage on
 its delimiters: keep the delimiter that closes a passage inside its span.
 
-Responses. ``prompt.response`` is the gold answer followed by the end marker
-(``"v9 v33 <eos>"``, ``"NONE <eos>"``); :data:`EOS` is the demo tokenizer's
-``eos_token``, so greedy generation stops on it. ``prompt.answers`` holds the answer
-without the marker, and ``prompt.meta["metric"] == "exact"``.
+Responses. ``prompt.response`` is the gold answer as the model's greedy answer
+decodes (``"v9 v33"``, ``"NONE"``), which is also what :func:`focuslens.evaluate`
+teacher-forces when it measures attention. The model ends every answer with :data:`EOS`
+(``"<eos>"``, the demo tokenizer's ``eos_token``), so generation stops on it; the
+marker is left out of the response because its row would predict the token after the
+answer, which the model was never trained on. ``prompt.answers`` holds the same
+answer; ``prompt.meta`` sets ``metric="exact"`` and ``max_new_tokens=3`` (the value
+and ``<eos>``) for :func:`focuslens.evaluate`.
 
 Which option for what:
 
@@ -42,8 +46,8 @@ from focuslens.spans import LabeledPrompt, assemble
 N_KEY_WORDS = 64
 """Number of key words ``k0 .. k63``."""
 
-N_VALUE_WORDS = 64
-"""Number of value words ``v0 .. v63``."""
+N_VALUE_WORDS = 512
+"""Number of value words ``v0 .. v511``. No value word appears twice in a prompt."""
 
 KEY_LEN = 2
 """Words per key."""
@@ -69,8 +73,11 @@ DOC_TOKENS = 1 + KEY_LEN + VALUE_LEN + 1
 QUERY_TOKENS = 1 + KEY_LEN
 """Tokens of the query at the end of the prompt: ``[Q`` and the key."""
 
-MAX_DOCUMENTS = (N_KEY_WORDS - 1) ** 2
-"""Most documents a prompt can hold with distinct keys that share no word with the query."""
+MAX_SIMILAR = KEY_LEN * (N_KEY_WORDS - 1)
+"""Most distinct keys that share exactly one word (at the same place) with a given key."""
+
+MAX_DOCUMENTS = N_VALUE_WORDS // VALUE_LEN
+"""Most documents a prompt can hold (256, 1,540 tokens): every value word is used once."""
 
 GOLD_POSITIONS = ("first", "middle", "last", "random")
 
@@ -134,6 +141,11 @@ def distractor_keys(rng: random.Random, query: Key, n: int, n_similar: int) -> l
     ``n_similar`` of them share exactly one word (at the same place) with ``query``; the
     others share no word with it at any place.
     """
+    if n_similar > MAX_SIMILAR:
+        raise ValueError(
+            f"{n_similar} distractors cannot all share one word with the key {query}: at "
+            f"most {MAX_SIMILAR} distinct keys can; lower `similar` or `n_documents`"
+        )
     keys: set[Key] = set()
     out: list[Key] = []
     while len(out) < n:
@@ -151,15 +163,9 @@ def distractor_keys(rng: random.Random, query: Key, n: int, n_similar: int) -> l
 
 
 def distinct_values(rng: random.Random, n: int) -> list[Key]:
-    """``n`` distinct values of :data:`VALUE_LEN` words."""
-    seen: set[Key] = set()
-    out: list[Key] = []
-    while len(out) < n:
-        value = tuple(rng.choice(VALUE_WORDS) for _ in range(VALUE_LEN))
-        if value not in seen:
-            seen.add(value)
-            out.append(value)
-    return out
+    """``n`` values of :data:`VALUE_LEN` words, no word used twice."""
+    words = rng.sample(VALUE_WORDS, n * VALUE_LEN)
+    return [tuple(words[i : i + VALUE_LEN]) for i in range(0, len(words), VALUE_LEN)]
 
 
 def build_prompt(
@@ -176,7 +182,8 @@ def build_prompt(
         values: One value per document.
         query: The queried key.
         gold_index: Index of the document whose key is ``query``, or ``None`` (absent).
-        meta: Extra metadata; ``metric="exact"`` and ``key`` are added.
+        meta: Extra metadata; ``metric="exact"``, ``max_new_tokens`` (the value and its
+            end marker) and ``key`` are added.
     """
     if len(keys) != len(values):
         raise ValueError(f"{len(keys)} keys for {len(values)} values")
@@ -189,7 +196,12 @@ def build_prompt(
             raise ValueError(f"query {query} differs from the gold key {keys[gold_index]}")
         answer = " ".join(values[gold_index])
     bodies = [" ".join([*k, *v, DOC_CLOSE]) for k, v in zip(keys, values)]
-    info = {"metric": "exact", "key": " ".join(query), **(meta or {})}
+    info = {
+        "metric": "exact",
+        "max_new_tokens": VALUE_LEN + 1,
+        "key": " ".join(query),
+        **(meta or {}),
+    }
     return assemble(
         header="",
         prefixes=[f"{DOC_OPEN} "] * len(bodies),
@@ -198,7 +210,7 @@ def build_prompt(
         footer=" " + " ".join([QUERY, *query]),
         answers=[answer],
         separator=" ",
-        response=f"{answer} {EOS}",
+        response=answer,
         meta=info,
     )
 
@@ -229,7 +241,8 @@ def synthetic_retrieval(
             distractors share no key word with it.
 
     Returns:
-        ``n`` prompts. ``meta`` holds ``metric`` ("exact"), ``task``, ``index``, ``seed``,
+        ``n`` prompts. ``meta`` holds ``metric`` ("exact"), ``max_new_tokens`` (3: the
+        value and ``<eos>``), ``task``, ``index``, ``seed``,
         ``n_documents``, ``gold_position`` (0-based, ``None`` when absent), ``absent``,
         ``key``, ``n_similar`` and ``n_prompt_tokens`` (BOS included).
 
@@ -237,7 +250,7 @@ def synthetic_retrieval(
         >>> p = synthetic_retrieval(1, n_documents=3, gold_position="last", seed=1)[0]
         >>> p.text[p.relevant[0]:p.relevant[1]].endswith("]"), p.meta["gold_position"]
         (True, 2)
-        >>> p.response == p.answers[0] + " <eos>"
+        >>> p.response == p.answers[0]
         True
     """
     _check_options(n, n_documents, gold_position)
