@@ -3,6 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1
-ruff check focuslens tests benchmarks
-ruff format --check focuslens tests benchmarks
+ruff check focuslens tests benchmarks notebooks scripts
+ruff format --check focuslens tests benchmarks notebooks scripts
 python3 -m pytest "$@"
