@@ -536,14 +536,18 @@ print("contextual heads:", top)""",
 variant is answered greedily, and the answer is appended to the full prompt (teacher
 forcing); one pass of the unmodified model caches each layer's attention input; then,
 layer by layer, with every weight frozen, AdamW maximises the relevant-span mass of the
-answer rows with respect to `d_q` and `d_k` of that layer. The model is never modified.""",
+answer rows with respect to `d_q` and `d_k` of that layer. The model is never modified.
+
+Without `heads=`, every layer is learned (all heads of a layer learn together, each from
+its own term of the loss), so that any head can be steered later, including the random
+heads of the control; the directions keep the heads ranked by contextual score.""",
     ),
     (
         "code",
         """\
-directions = focuslens.learn_focus_directions(model, train, heads=top, epochs=5)
+directions = focuslens.learn_focus_directions(model, train, epochs=5)
 print(directions)
-directions.figure()""",
+directions.figure()  # the norm of each head's d_q""",
     ),
     (
         "md",
@@ -690,21 +694,24 @@ from pathlib import Path
 path = Path(tempfile.mkdtemp()) / "demo-directions.safetensors"
 directions.save(path)
 loaded = focuslens.FocusDirections.load(path, model)
-print("identical:", torch.equal(loaded.d_q, directions.d_q), loaded.top_heads(2))
+print("identical:", torch.equal(loaded.d_q, directions.d_q))
 print({k: loaded.training[k] for k in ("method", "epochs", "lr") if k in loaded.training})""",
+    ),
+    (
+        "md",
+        "Directions made for another model (here: 3 layers of 4 heads of size 16, no rotary "
+        "embedding) are refused, with both shapes named:",
     ),
     (
         "code",
         """\
-from transformer_lens import HookedTransformer, HookedTransformerConfig
+from focuslens.directions import ModelShape
 
-other = HookedTransformer(
-    HookedTransformerConfig(
-        n_layers=3, d_model=64, n_heads=4, d_head=16, n_ctx=64, d_vocab=10, attn_only=True
-    )
-)
+shape = ModelShape(n_layers=3, n_heads=4, n_key_value_heads=4, d_head=16, rotary=False)
+foreign = focuslens.FocusDirections(torch.ones(3, 4, 16), torch.zeros(3, 4, 16), shape)
+foreign.save(path.with_name("foreign.safetensors"))
 try:
-    focuslens.FocusDirections.load(path, other)
+    focuslens.FocusDirections.load(path.with_name("foreign.safetensors"), model)
 except ValueError as error:
     print("refused:", error)""",
     ),
@@ -920,14 +927,20 @@ best first; steer the top `N_HEADS` with `ALPHA`, as in the paper.""",
     (
         "code",
         """\
-released = focuslens.FocusDirections.from_release(RELEASE_DIR, model)
-print(released)
-print("the authors' top heads:", released.top_heads(5))
-print("overlap with the heads found here:", len(set(released.top_heads(N_HEADS)) & set(heads)))
-with_release = focuslens.evaluate(
-    model, prompts, intervention=released.steering(N_HEADS, ALPHA), **kw
-)
-print(f"steered with the released directions: accuracy {with_release.accuracy:.2f}")""",
+from pathlib import Path
+
+if Path(RELEASE_DIR).is_dir():
+    released = focuslens.FocusDirections.from_release(RELEASE_DIR, model)
+    print(released)
+    print("the authors' top heads:", released.top_heads(5))
+    overlap = set(released.top_heads(N_HEADS)) & set(heads)
+    print(f"{len(overlap)} of the top {N_HEADS} heads are also among those found here")
+    with_release = focuslens.evaluate(
+        model, prompts, intervention=released.steering(N_HEADS, ALPHA), **kw
+    )
+    print(f"steered with the released directions: accuracy {with_release.accuracy:.2f}")
+else:
+    print(f"no release folder at {RELEASE_DIR!r}: set RELEASE_DIR to run this part")""",
     ),
     (
         "md",
