@@ -51,7 +51,7 @@ class DemoPlan:
     lengths: tuple[int, ...]
     n_length: int
     n_effects: int = 16
-    max_new_tokens: int = 4
+    max_new_tokens: int | None = None  # None: the task's own (prompt.meta)
 
 
 QUICK = DemoPlan(
