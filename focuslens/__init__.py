@@ -1,7 +1,7 @@
 """focuslens: which attention heads decide what a language model reads in a long context,
 and can we make it read the right part?"""
 
-from focuslens import plots
+from focuslens import models, plots, tasks
 from focuslens.attention import AttentionMap, attention_map_data
 from focuslens.attribution import HeadEffects, ablation_effects, attribution_patching
 from focuslens.demo import load_demo_model
@@ -23,7 +23,9 @@ __all__ = [
     "AttentionMap",
     "Report",
     "attention_map_data",
+    "models",
     "plots",
+    "tasks",
     "ContextualScores",
     "EvalResult",
     "FocusDirections",
