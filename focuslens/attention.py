@@ -298,10 +298,10 @@ def attention_map_data(
 
     Example:
         >>> import focuslens
-        >>> model = focuslens.load_demo_model()  # doctest: +SKIP
-        >>> p = focuslens.tasks.synthetic_retrieval(1, n_documents=4)[0]  # doctest: +SKIP
-        >>> amap = attention_map_data(model, p, [(1, 0)])  # doctest: +SKIP
-        >>> amap.pattern.shape[1] == len(amap.rows)  # doctest: +SKIP
+        >>> model = focuslens.load_demo_model()
+        >>> p = focuslens.tasks.synthetic_retrieval(1, n_documents=4)[0]
+        >>> amap = attention_map_data(model, p, [(1, 0)])
+        >>> amap.pattern.shape[1] == len(amap.rows)
         True
     """
     chosen = _ordered_heads(model, heads)

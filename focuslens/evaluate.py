@@ -324,12 +324,15 @@ def evaluate(
     Returns:
         An :class:`EvalResult` (``.accuracy``, ``.to_dataframe()``, ``.summary()``).
 
-    Example (needs a model, so not run as a doctest)::
-
-        model = focuslens.load_demo_model()
-        prompts = focuslens.tasks.synthetic_retrieval(200, n_documents=8)
-        result = focuslens.evaluate(model, prompts, heads=[(1, 0), (1, 2)])
-        result.accuracy, result.summary()["by_gold_position"]
+    Example:
+        >>> import focuslens
+        >>> model = focuslens.load_demo_model()
+        >>> prompts = focuslens.tasks.synthetic_retrieval(4, n_documents=8, seed=0)
+        >>> result = focuslens.evaluate(model, prompts, heads=[(1, 0), (1, 2)], progress=False)
+        >>> result.n, 0.0 <= result.accuracy <= 1.0
+        (4, True)
+        >>> sorted(c for c in result.to_dataframe().columns if c.startswith("attn_"))
+        ['attn_distractors', 'attn_other', 'attn_relevant', 'attn_sink']
     """
     if isinstance(prompts, LabeledPrompt):
         prompts = [prompts]

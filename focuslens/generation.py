@@ -178,11 +178,14 @@ def generate_greedy(
     Returns:
         A :class:`Generation` with the new tokens, the answer text and the stop reason.
 
-    Example (needs a model, so not run as a doctest)::
-
-        tp = focuslens.tokenize_prompt(model, prompt)
-        out = generate_greedy(model, tp.tokens[: tp.n_prompt], max_new_tokens=20)
-        out.text, out.stop_reason  # ('Paris', 'stop_string')
+    Example:
+        >>> import focuslens
+        >>> model = focuslens.load_demo_model()
+        >>> prompt = focuslens.tasks.synthetic_retrieval(1, n_documents=4, seed=0)[0]
+        >>> tp = focuslens.tokenize_prompt(model, prompt)
+        >>> out = generate_greedy(model, tp.tokens[: tp.n_prompt], max_new_tokens=3)
+        >>> out.stop_reason in ("eos", "max_new_tokens"), len(out.tokens) <= 3
+        (True, True)
     """
     if (
         isinstance(max_new_tokens, bool)

@@ -248,12 +248,19 @@ class SplitSoftmax(_SpanOracle):
 
     Acts at ``hook_pattern``: the rescaled pattern is what the values are mixed with.
 
-    Example (needs a model, so not run as a doctest)::
-
-        boost = SplitSoftmax(focuslens.heads.top_k(scores, 5), tau=0.1)
-        with boost.apply(model, prompts):
-            logits = model(tokens)
-        focuslens.evaluate(model, prompts, intervention=boost)
+    Example:
+        >>> import focuslens
+        >>> model = focuslens.load_demo_model()
+        >>> prompts = focuslens.tasks.synthetic_retrieval(2, n_documents=8, seed=0)
+        >>> boost = SplitSoftmax([(1, 0)], tau=0.1)
+        >>> tokens = focuslens.tokenize_prompt(model, prompts[0]).tokens[None]
+        >>> with boost.apply(model, prompts[:1]):
+        ...     logits = model(tokens)
+        >>> kw = {"heads": [(1, 0)], "progress": False}
+        >>> plain = focuslens.evaluate(model, prompts, **kw).to_dataframe()
+        >>> boosted = focuslens.evaluate(model, prompts, intervention=boost, **kw).to_dataframe()
+        >>> bool((boosted["attn_relevant"] > plain["attn_relevant"]).all())
+        True
     """
 
     hook_point = "hook_pattern"

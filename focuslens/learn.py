@@ -459,11 +459,15 @@ def learn_focus_directions(
     Returns:
         A :class:`~focuslens.directions.FocusDirections`.
 
-    Example (needs a model, so not run as a doctest)::
-
-        directions = focuslens.learn_focus_directions(model, train_prompts, heads=top20)
-        with directions.steer(model, top20, alpha=0.3):
-            ...
+    Example:
+        >>> import focuslens
+        >>> model = focuslens.load_demo_model()
+        >>> train = focuslens.tasks.synthetic_retrieval(4, n_documents=8, seed=0)
+        >>> directions = focuslens.learn_focus_directions(model, train, heads=[(1, 0)], epochs=1)
+        >>> list(directions.layers), directions.heads
+        ([1], [(1, 0)])
+        >>> with directions.steer(model, [(1, 0)], alpha=0.3):
+        ...     logits = model(focuslens.tokenize_prompt(model, train[0]).tokens[None])
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")

@@ -105,11 +105,16 @@ def retrieval_scores(
         ``[n_layers, n_heads]`` (mean over examples with a copyable token) and
         ``per_example``; ``meta["n_copyable"]`` holds each example's denominator.
 
-    Example (needs a model, so not run as a doctest)::
-
-        prompts = focuslens.tasks.synthetic_retrieval(32, n_documents=8)
-        retrieval = retrieval_scores(model, prompts)
-        rank_correlation(retrieval, focuslens.contextual_scores(model, prompts))
+    Example:
+        >>> import focuslens
+        >>> from focuslens.heads import rank_correlation
+        >>> model = focuslens.load_demo_model()
+        >>> prompts = focuslens.tasks.synthetic_retrieval(8, n_documents=8, seed=0)
+        >>> retrieval = retrieval_scores(model, prompts)
+        >>> tuple(retrieval.values.shape) == (model.cfg.n_layers, model.cfg.n_heads)
+        True
+        >>> -1 <= rank_correlation(retrieval, focuslens.contextual_scores(model, prompts)) <= 1
+        True
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

@@ -336,10 +336,19 @@ def steer(
     Yields:
         The :class:`SteerState` (``state.alpha`` holds the alpha in use).
 
-    Example (needs a model, so not run as a doctest)::
-
-        with directions.steer(model, heads=scores.top_heads(5), alpha=0.3):
-            out = focuslens.evaluate.generate_greedy(model, tokens)
+    Example:
+        >>> import focuslens
+        >>> model = focuslens.load_demo_model()
+        >>> prompt = focuslens.tasks.synthetic_retrieval(1, n_documents=8, seed=0)[0]
+        >>> directions = focuslens.learn_focus_directions(model, [prompt], method="closed_form")
+        >>> tokens = focuslens.tokenize_prompt(model, prompt).tokens[None]
+        >>> plain = model(tokens)
+        >>> with directions.steer(model, heads=[(1, 0)], alpha=2.0) as state:
+        ...     steered = model(tokens)
+        >>> state.alpha, bool((steered - plain).abs().max() > 0)
+        (2.0, True)
+        >>> torch.equal(model(tokens), plain)  # every hook is gone after the context
+        True
     """
     directions.check_model(model)
     head_set = resolve_heads(directions, heads).validate(model)
