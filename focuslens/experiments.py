@@ -2,8 +2,8 @@
 
 Question: is more attention to the relevant document what fixes distraction? The paper
 (METHOD.md section 3) answers it by rescaling, in the top-k contextual heads only, the
-attention mass on the relevant span to ``p ** tau`` (:class:`~focuslens.interventions.
-SplitSoftmax`) and comparing accuracy with:
+attention mass on the relevant span to ``p ** tau``
+(:class:`~focuslens.interventions.SplitSoftmax`) and comparing accuracy with:
 
 * ``baseline``: the model as it is, on the same prompts;
 * ``gold_only``: the same prompts with only the relevant document (no distractors);
