@@ -217,8 +217,12 @@ def split_softmax(
     """Rescale each row's mass ``p`` on the span to ``p ** tau`` (METHOD.md section 3).
 
     ``A'_ij = A_ij p'/p`` inside the span and ``A_ij (1 - p')/(1 - p)`` outside, with
-    ``p' = p ** tau``; rows with ``p = 0`` or ``p = 1`` are left as they are. Computed in
-    float64 and cast back, so that ``tau = 1`` returns the input bit for bit.
+    ``p' = p ** tau``; rows with ``p = 0`` or ``p = 1`` are left as they are.
+
+    Precision: the pattern is rescaled in float32 (float64 stays float64; half
+    precision is computed in float32 and cast back); the per-row factors come from ``p``
+    in float64. With ``tau = 1`` every factor is exactly 1, so the input comes back bit
+    for bit.
 
     Example:
         >>> a = torch.tensor([[[[0.5, 0.25, 0.25]]]])
@@ -226,13 +230,15 @@ def split_softmax(
         >>> [round(x, 4) for x in out[0, 0, 0].tolist()]  # 0.25 ** 0.5 = 0.5 on the span
         [0.3333, 0.5, 0.1667]
     """
-    a = pattern.to(torch.promote_types(pattern.dtype, torch.float64))
-    inside = span[:, None, None, :].to(a.device, torch.bool)
-    p = torch.where(inside, a, 0).sum(-1, keepdim=True)
+    a = pattern.to(torch.promote_types(pattern.dtype, torch.float32))
+    inside = span[:, None, :, None].to(a.device, a.dtype)  # [batch, 1, key_pos, 1]
+    p = (a @ inside).double()  # [batch, head, query_pos, 1], no full-size temporary
     p_new = p**tau
-    scale_in = torch.where(p > 0, p_new / p, 1.0)
-    scale_out = torch.where(p < 1, (1 - p_new) / (1 - p), 1.0)
-    return (a * torch.where(inside, scale_in, scale_out)).to(pattern.dtype)
+    biggest = torch.finfo(a.dtype).max  # p'/p overflows float32 only for subnormal p
+    scale_in = torch.where(p > 0, p_new / p, 1.0).clamp(max=biggest).to(a.dtype)
+    scale_out = torch.where(p < 1, (1 - p_new) / (1 - p), 1.0).clamp(max=biggest).to(a.dtype)
+    mask = inside[:, :, :, 0][:, :, None, :].bool()  # [batch, 1, 1, key_pos]
+    return torch.where(mask, a * scale_in, a * scale_out).to(pattern.dtype)
 
 
 class SplitSoftmax(_SpanOracle):
