@@ -121,8 +121,9 @@ def estimate_memory(model: Any, n_tokens: int, chunk_size: int) -> int:
     The KV cache, plus what one layer holds while it runs the last (longest) chunk:
     about four ``[n_heads, chunk, n]`` score tensors (scores, masked scores, pattern and
     its NaN-cleaned copy), the re-rotated and concatenated keys, and the chunk's
-    residual-stream and MLP activations. ``benchmarks/bench_long_context.py`` checks it
-    against measured peaks.
+    residual-stream and MLP activations; on rotary models also the sine and cosine
+    tables TransformerLens extends (doubling, up to ``n_ctx``) when a sequence outgrows
+    them. ``benchmarks/bench_long_context.py`` checks it against measured peaks.
     """
     cfg = model.cfg
     item = _itemsize(model)
@@ -130,9 +131,12 @@ def estimate_memory(model: Any, n_tokens: int, chunk_size: int) -> int:
     n_kv = n_kv_heads(model)
     d_mlp = cfg.d_mlp or 4 * cfg.d_model
     scores = 4.5 * cfg.n_heads * c * n_tokens * item
-    keys = (4 * n_kv + (cfg.n_heads if n_kv != cfg.n_heads else 0)) * n_tokens * cfg.d_head
+    keys = (6 * n_kv + (cfg.n_heads if n_kv != cfg.n_heads else 0)) * n_tokens * cfg.d_head
     activations = c * (16 * cfg.d_model + 3 * d_mlp + cfg.d_vocab)
-    return int(kv_cache_bytes(model, n_tokens) + scores + (keys + activations) * item)
+    tables = 0
+    if cfg.positional_embedding_type == "rotary":
+        tables = 2 * cfg.n_layers * min(cfg.n_ctx, 2 * n_tokens) * (cfg.rotary_dim or cfg.d_head)
+    return int(kv_cache_bytes(model, n_tokens) + scores + (keys + activations + tables) * item)
 
 
 def chunk_size_for(model: Any, n_tokens: int, max_memory: int | float | str) -> int:
