@@ -783,12 +783,14 @@ import focuslens
 from focuslens.models import check_backend, load_model
 
 if SMOKE_TEST:
+    import torch
     from _offline import fake_release, tiny_model
 
+    torch.set_num_threads(1)  # a tiny model: one thread is fastest on a shared CPU
     model = tiny_model()  # random weights, Llama-family architecture, a BPE tokenizer
     RELEASE_DIR = fake_release(model)  # random vectors in the release's file layout
     N_HEADS = 4
-    MAX_NEW_TOKENS = 8
+    MAX_NEW_TOKENS = 3
 else:
     model = load_model(MODEL_NAME, dtype="float32")
 print(check_backend(model))""",
