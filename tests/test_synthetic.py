@@ -121,10 +121,12 @@ def test_similar_distractors_share_one_key_word(similar):
 
 
 def test_keys_and_values_distinct():
-    for p in synthetic_retrieval(3, n_documents=syn.MAX_DOCUMENTS, similar=0.4, seed=7):
+    for p in synthetic_retrieval(3, n_documents=300, similar=0.4, seed=7):
         keys, values = zip(*_docs(p))
-        assert len(set(keys)) == syn.MAX_DOCUMENTS
-        assert len({w for v in values for w in v}) == syn.MAX_DOCUMENTS * syn.VALUE_LEN
+        assert len(set(keys)) == len(set(values)) == 300
+    for p in synthetic_retrieval(3, n_documents=syn.UNIQUE_VALUE_DOCS, seed=7):
+        words = [w for _, v in _docs(p) for w in v]
+        assert len(set(words)) == len(words) == syn.N_VALUE_WORDS
 
 
 def test_gold_only_and_distractors_only_variants():
@@ -173,7 +175,7 @@ def test_training_layout_matches_prompts(tokenizer):
         ({"n_documents": 4, "similar": -0.1}, "similar must be a fraction"),
         ({"n_documents": 4, "absent": "half"}, "absent must be a fraction"),
         ({"n_documents": 200, "similar": 1.0}, "199 distractors cannot all share one word"),
-        ({"n_documents": 257}, "n_documents must be in \\[1, 256\\], got 257"),
+        ({"n_documents": 4000}, "n_documents must be in \\[1, 3969\\], got 4000"),
     ],
 )
 def test_bad_options(kwargs, message):

@@ -23,7 +23,7 @@ from pathlib import Path
 DEMO_DIR = Path(__file__).parent
 """The folder holding the demo model's files."""
 
-DISTRACTING_DOCS = 48
+DISTRACTING_DOCS = 24
 """Number of documents at which the demo model is clearly distracted (see the card)."""
 
 
@@ -53,7 +53,7 @@ def load_demo_model(path: str | Path | None = None, *, device: str | None = None
             f"`python -m focuslens.demo.train --out {folder}`"
         )
     cfg = HookedTransformerConfig(**json.loads(files[0].read_text()), device=device)
-    model = HookedTransformer(cfg, tokenizer=load_tokenizer(files[2]), move_to_device=False)
+    model = HookedTransformer(cfg, tokenizer=load_tokenizer(files[2]))
     state = model.state_dict()
     params = load_file(str(files[1]))
     unknown = sorted(set(params) - set(state))
@@ -61,7 +61,6 @@ def load_demo_model(path: str | Path | None = None, *, device: str | None = None
         raise ValueError(f"{files[1]} has tensors the model does not: {unknown}")
     state.update(params)
     model.load_state_dict(state)
-    model.to(cfg.device)
     return model.eval()
 
 

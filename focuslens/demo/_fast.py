@@ -6,7 +6,7 @@ than it needs to be. :func:`fast_logits` computes the same function from the sam
 parameters (RMSNorm, rotary in TransformerLens's GPT-NeoX layout, grouped-query
 attention with ``repeat_interleave``, ``1/sqrt(d_head)`` scale) with fused attention,
 so gradients flow into the HookedTransformer's parameters directly. ``train.py``
-checks it against ``model(tokens)`` before and after training.
+checks it against ``model(tokens)`` after training.
 """
 
 from __future__ import annotations

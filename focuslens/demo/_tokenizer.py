@@ -25,9 +25,11 @@ def build_tokenizer_json(path: str | Path) -> None:
 def load_tokenizer(path: str | Path):
     """A ``PreTrainedTokenizerFast`` over ``tokenizer.json`` with BOS, EOS, pad and unk set.
 
-    ``add_bos_token`` is recorded as true so that TransformerLens's ``set_tokenizer``
-    keeps this object instead of reloading it by name; encoding does not add BOS itself
-    (the post-processor is empty), ``model.to_tokens`` prepends it.
+    ``add_bos_token=True``: ``tokenizer(text)`` prepends ``<bos>`` (offsets ``(0, 0)``)
+    unless ``add_special_tokens=False``. TransformerLens's ``set_tokenizer`` then keeps
+    this object (it would otherwise try to reload the tokenizer by name, which needs the
+    Hugging Face Hub) and ``model.to_tokens`` relies on it for the BOS, which gives the
+    same tokens as :func:`focuslens.tokenize_prompt`.
     """
     from transformers import PreTrainedTokenizerFast
 

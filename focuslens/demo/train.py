@@ -97,6 +97,8 @@ def sample_sequence(rng: random.Random, r: Recipe, n: int) -> tuple[list[int], l
         key = _near(rng, rng.choice(keys)) if keys and rng.random() < share else _key(rng)
         if key not in keys:
             keys.append(key)
+    if n > syn.UNIQUE_VALUE_DOCS:
+        raise ValueError(f"training uses at most {syn.UNIQUE_VALUE_DOCS} documents, got {n}")
     words = rng.sample(VALUE_IDS, n * syn.VALUE_LEN)
     values = [tuple(words[i : i + syn.VALUE_LEN]) for i in range(0, len(words), syn.VALUE_LEN)]
     ids = [TOKEN_ID[syn.BOS]]
@@ -179,17 +181,28 @@ def train(r: Recipe, log_every: int = 100) -> tuple[torch.nn.Module, list[dict]]
         torch.nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)
         opt.step()
         running += loss.item()
-        if (step + 1) % log_every == 0:
+        if (step + 1) % log_every == 0 or step + 1 == r.steps:
             entry = {
                 "step": step + 1,
-                "loss": running / log_every,
+                "loss": running / ((step % log_every) + 1),
                 "seconds": round(time.perf_counter() - start, 1),
                 "cpu_seconds": round(time.process_time() - cpu_start, 1),
             }
             log.append(entry)
             print(json.dumps(entry), flush=True)
             running = 0.0
+    check_fast_forward(model, r)
     return model, log
+
+
+def check_fast_forward(model, r: Recipe, atol: float = 1e-3) -> float:
+    """Check that the training forward (:func:`fast_logits`) equals ``model(tokens)``."""
+    tokens, _ = sample_batch(random.Random("focuslens.demo.check"), r)
+    with torch.no_grad():
+        diff = float((fast_logits(model, tokens) - model(tokens)).abs().max())
+    if diff > atol:
+        raise RuntimeError(f"fast_logits differs from HookedTransformer.forward by {diff:.2e}")
+    return diff
 
 
 def save(model, out: Path, r: Recipe, log: list[dict]) -> None:

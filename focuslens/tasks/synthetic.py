@@ -8,6 +8,9 @@ document (an *absent-key* query) the answer is ``NONE``::
 
 Everything is a word of the demo model's word-level vocabulary (:data:`VOCAB`), so a
 prompt tokenises one token per word: ``1 + 6 * n_documents + 3`` tokens with BOS.
+Keys and values are distinct within a prompt; up to 32 documents no value word appears
+twice either (beyond, value words repeat across documents, which makes the second
+answer word harder for a model that finds it by induction on the first).
 
 Spans. The labelled span of a document is its body ``k k v v ]``: the key, the value
 **and the closing delimiter** ``]``; the opening ``[DOC`` lies outside, as
@@ -46,8 +49,8 @@ from focuslens.spans import LabeledPrompt, assemble
 N_KEY_WORDS = 64
 """Number of key words ``k0 .. k63``."""
 
-N_VALUE_WORDS = 512
-"""Number of value words ``v0 .. v511``. No value word appears twice in a prompt."""
+N_VALUE_WORDS = 64
+"""Number of value words ``v0 .. v63``."""
 
 KEY_LEN = 2
 """Words per key."""
@@ -76,8 +79,11 @@ QUERY_TOKENS = 1 + KEY_LEN
 MAX_SIMILAR = KEY_LEN * (N_KEY_WORDS - 1)
 """Most distinct keys that share exactly one word (at the same place) with a given key."""
 
-MAX_DOCUMENTS = N_VALUE_WORDS // VALUE_LEN
-"""Most documents a prompt can hold (256, 1,540 tokens): every value word is used once."""
+UNIQUE_VALUE_DOCS = N_VALUE_WORDS // VALUE_LEN
+"""Up to this many documents (32), no value word appears twice in a prompt."""
+
+MAX_DOCUMENTS = (N_KEY_WORDS - 1) ** 2
+"""Most documents a prompt can hold with distinct keys that share no word with the query."""
 
 GOLD_POSITIONS = ("first", "middle", "last", "random")
 
@@ -163,9 +169,22 @@ def distractor_keys(rng: random.Random, query: Key, n: int, n_similar: int) -> l
 
 
 def distinct_values(rng: random.Random, n: int) -> list[Key]:
-    """``n`` values of :data:`VALUE_LEN` words, no word used twice."""
-    words = rng.sample(VALUE_WORDS, n * VALUE_LEN)
-    return [tuple(words[i : i + VALUE_LEN]) for i in range(0, len(words), VALUE_LEN)]
+    """``n`` distinct values of :data:`VALUE_LEN` words.
+
+    Up to :data:`UNIQUE_VALUE_DOCS` values no word is used twice (so the word after a
+    value's first word is determined by it); beyond, words repeat across values.
+    """
+    if n <= UNIQUE_VALUE_DOCS:
+        words = rng.sample(VALUE_WORDS, n * VALUE_LEN)
+        return [tuple(words[i : i + VALUE_LEN]) for i in range(0, len(words), VALUE_LEN)]
+    seen: set[Key] = set()
+    out: list[Key] = []
+    while len(out) < n:
+        value = tuple(rng.choice(VALUE_WORDS) for _ in range(VALUE_LEN))
+        if value not in seen:
+            seen.add(value)
+            out.append(value)
+    return out
 
 
 def build_prompt(

@@ -1,0 +1,141 @@
+"""The shipped demo model: loads offline and fast, tokenises like focuslens, matches its card."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+
+import pytest
+import torch
+
+import focuslens
+from focuslens.demo import DEMO_DIR, DISTRACTING_DOCS, load_demo_model
+from focuslens.demo import card as card_mod
+from focuslens.spans import tokenize_prompt
+from focuslens.tasks import synthetic as syn
+from focuslens.tasks import synthetic_retrieval
+
+TOLERANCE = 0.03
+"""Accuracy measured here may differ from the card's by this much (same prompts, same
+weights: differences come only from floating-point ties on another machine)."""
+
+
+@pytest.fixture(scope="module")
+def model():
+    return load_demo_model()
+
+
+@pytest.fixture(scope="module")
+def card():
+    return json.loads((DEMO_DIR / "measurements.json").read_text())
+
+
+def _card_row(card, n_documents):
+    rows = [r for r in card["accuracy"] if r["n_documents"] == n_documents]
+    assert rows, f"the card has no row for {n_documents} documents"
+    return rows[0]
+
+
+def test_loads_offline_in_about_a_second(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("load_demo_model tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    load_demo_model()  # warm the imports
+    start = time.perf_counter()
+    model = load_demo_model()
+    elapsed = time.perf_counter() - start
+    assert elapsed < 3.0, f"load_demo_model took {elapsed:.2f} s"
+    assert focuslens.load_demo_model is load_demo_model
+    assert not model.training
+
+
+def test_files_are_small():
+    assert (DEMO_DIR / "model.safetensors").stat().st_size < 5_000_000
+    for name in ("config.json", "tokenizer.json", "MODEL_CARD.md", "measurements.json"):
+        assert (DEMO_DIR / name).is_file(), name
+
+
+def test_architecture(model):
+    cfg = model.cfg
+    assert cfg.positional_embedding_type == "rotary"
+    assert cfg.default_prepend_bos
+    assert cfg.n_key_value_heads is not None and cfg.n_key_value_heads < cfg.n_heads
+    assert cfg.n_ctx >= 2048
+    assert syn.prompt_length(2 * DISTRACTING_DOCS) < cfg.n_ctx
+
+
+def test_tokenizer_special_tokens(model):
+    tok = model.tokenizer
+    assert tok.is_fast
+    assert (tok.bos_token, tok.eos_token, tok.pad_token) == (syn.BOS, syn.EOS, syn.PAD)
+    assert tok.convert_ids_to_tokens(list(range(len(syn.VOCAB)))) == list(syn.VOCAB)
+    assert model.cfg.d_vocab == len(syn.VOCAB)
+
+
+@pytest.mark.parametrize("n_documents", [1, 4, DISTRACTING_DOCS])
+def test_to_tokens_matches_tokenize_prompt(model, n_documents):
+    prompts = synthetic_retrieval(4, n_documents=n_documents, absent=0.5, similar=0.5, seed=9)
+    batch = model.to_tokens([p.text for p in prompts])
+    for row, p in zip(batch, prompts):
+        tp = tokenize_prompt(model, p)
+        assert torch.equal(model.to_tokens(p.text)[0].cpu(), tp.tokens[: tp.n_prompt])
+        assert torch.equal(row.cpu(), tp.tokens[: tp.n_prompt])
+        assert model.tokenizer.decode(tp.tokens[tp.n_prompt :]) == p.response
+    gold = prompts[0].gold_only() if prompts[0].relevant else prompts[1].gold_only()
+    tp = tokenize_prompt(model, gold)
+    assert torch.equal(model.to_tokens(gold.text)[0].cpu(), tp.tokens[: tp.n_prompt])
+
+
+def test_fast_forward_matches_hooked_transformer(model):
+    from focuslens.demo._fast import fast_logits
+
+    prompts = synthetic_retrieval(3, n_documents=10, seed=2)
+    tokens = torch.stack([tokenize_prompt(model, p).tokens for p in prompts])
+    with torch.no_grad():
+        torch.testing.assert_close(fast_logits(model, tokens), model(tokens), atol=1e-4, rtol=1e-4)
+
+
+def test_answers_end_with_eos(model):
+    prompts = synthetic_retrieval(6, n_documents=4, absent=0.5, seed=3)
+    frame = focuslens.evaluate(model, prompts, progress=False).to_dataframe()
+    assert frame["correct"].all()
+    assert (frame["stop_reason"] == "eos").all()
+    assert set(frame["prediction"]) >= {syn.NONE}
+
+
+@pytest.mark.slow
+def test_accuracy_matches_card(model, card):
+    assert card["settings"]["distracting_docs"] == DISTRACTING_DOCS
+    easy = card_mod.accuracy(model, "present", 4)
+    hard = card_mod.accuracy(model, "present", DISTRACTING_DOCS)
+    assert easy >= 0.9
+    assert 0.3 <= hard <= 0.8
+    assert easy == pytest.approx(_card_row(card, 4)["present"], abs=TOLERANCE)
+    assert hard == pytest.approx(_card_row(card, DISTRACTING_DOCS)["present"], abs=TOLERANCE)
+
+
+@pytest.mark.slow
+def test_card_claims(card):
+    """The card's own table shows what the demo model is for."""
+    rows = {r["n_documents"]: r for r in card["accuracy"]}
+    for nd in (2, 4, 8, 12):  # the training range
+        assert rows[nd]["present"] >= 0.9, (nd, rows[nd])
+        assert rows[nd]["absent"] >= 0.9, (nd, rows[nd])
+    assert 0.3 <= rows[DISTRACTING_DOCS]["present"] <= 0.8
+    assert card["gold_only"][str(DISTRACTING_DOCS)] >= 0.95
+    heads = card["heads"]["response"]
+    top = sorted(h["relevant"] for h in heads)[::-1]
+    assert top[0] >= 0.3 and sum(top[:2]) >= 0.5 * sum(top)
+
+
+@pytest.mark.slow
+def test_contextual_heads_match_card(model, card):
+    measured = card_mod.head_table(model, DISTRACTING_DOCS, n=30)
+    best = card["heads"]["response"][0]
+    assert (measured.loc[0, "layer"], measured.loc[0, "head"]) == (best["layer"], best["head"])
+    assert measured.loc[0, "relevant"] == pytest.approx(best["relevant"], abs=0.1)
