@@ -183,6 +183,13 @@ def test_bad_options(kwargs, message):
         synthetic_retrieval(3, **kwargs)
 
 
+def test_numpy_integers_are_accepted():
+    np = pytest.importorskip("numpy")
+    a = synthetic_retrieval(np.int64(2), n_documents=np.int64(5), gold_position=np.int64(1))
+    b = synthetic_retrieval(2, n_documents=5, gold_position=1)
+    assert a == b and a[0].meta == b[0].meta
+
+
 def test_bad_n():
     with pytest.raises(ValueError, match="n must be a non-negative int, got -1"):
         synthetic_retrieval(-1, n_documents=3)

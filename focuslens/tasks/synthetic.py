@@ -41,6 +41,7 @@ Which option for what:
 
 from __future__ import annotations
 
+import numbers
 import random
 from collections.abc import Sequence
 
@@ -96,31 +97,37 @@ def prompt_length(n_documents: int) -> int:
 
 
 def _check_fraction(name: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not 0 <= value <= 1:
         raise ValueError(f"{name} must be a fraction in [0, 1], got {value!r}")
     return float(value)
 
 
-def _check_options(n: int, n_documents: int, gold_position: str | int) -> None:
-    if isinstance(n, bool) or not isinstance(n, int) or n < 0:
+def _is_int(value: object) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_options(
+    n: int, n_documents: int, gold_position: str | int
+) -> tuple[int, int, str | int]:
+    """Validated ``(n, n_documents, gold_position)``, integers as plain ints."""
+    if not _is_int(n) or n < 0:
         raise ValueError(f"n must be a non-negative int, got {n!r}")
-    if isinstance(n_documents, bool) or not isinstance(n_documents, int):
+    if not _is_int(n_documents):
         raise ValueError(f"n_documents must be an int, got {n_documents!r}")
     if not 1 <= n_documents <= MAX_DOCUMENTS:
         raise ValueError(f"n_documents must be in [1, {MAX_DOCUMENTS}], got {n_documents}")
-    if isinstance(gold_position, bool) or not isinstance(gold_position, (int, str)):
+    if not (_is_int(gold_position) or gold_position in GOLD_POSITIONS):
         raise ValueError(
             f"gold_position must be one of {GOLD_POSITIONS} or an int, got {gold_position!r}"
         )
-    if isinstance(gold_position, str) and gold_position not in GOLD_POSITIONS:
-        raise ValueError(
-            f"gold_position must be one of {GOLD_POSITIONS} or an int, got {gold_position!r}"
-        )
-    if isinstance(gold_position, int) and not 0 <= gold_position < n_documents:
-        raise ValueError(
-            f"gold_position {gold_position} is out of range for n_documents={n_documents} "
-            f"(0-based, so 0 to {n_documents - 1})"
-        )
+    if _is_int(gold_position):
+        if not 0 <= gold_position < n_documents:
+            raise ValueError(
+                f"gold_position {gold_position} is out of range for n_documents={n_documents} "
+                f"(0-based, so 0 to {n_documents - 1})"
+            )
+        gold_position = int(gold_position)
+    return int(n), int(n_documents), gold_position
 
 
 def resolve_gold_position(gold_position: str | int, n_documents: int, rng: random.Random) -> int:
@@ -272,7 +279,7 @@ def synthetic_retrieval(
         >>> p.response == p.answers[0]
         True
     """
-    _check_options(n, n_documents, gold_position)
+    n, n_documents, gold_position = _check_options(n, n_documents, gold_position)
     absent = _check_fraction("absent", absent)
     similar = _check_fraction("similar", similar)
     rng = random.Random(f"focuslens.synthetic_retrieval:{seed}")
