@@ -139,3 +139,20 @@ def test_contextual_heads_match_card(model, card):
     best = card["heads"]["response"][0]
     assert (measured.loc[0, "layer"], measured.loc[0, "head"]) == (best["layer"], best["head"])
     assert measured.loc[0, "relevant"] == pytest.approx(best["relevant"], abs=0.1)
+
+
+def test_training_is_deterministic():
+    from focuslens.demo.train import Recipe, train
+
+    recipe = Recipe(steps=3, batch_size=8, warmup=2, max_docs=4)
+    threads = torch.get_num_threads()
+    deterministic = torch.are_deterministic_algorithms_enabled()
+    try:
+        a, log_a = train(recipe, log_every=1)
+        b, log_b = train(recipe, log_every=1)
+    finally:
+        torch.set_num_threads(threads)
+        torch.use_deterministic_algorithms(deterministic)
+    assert [e["loss"] for e in log_a] == [e["loss"] for e in log_b]
+    for (name, pa), (_, pb) in zip(a.named_parameters(), b.named_parameters()):
+        assert torch.equal(pa, pb), name
