@@ -236,4 +236,7 @@ if __name__ == "__main__":
         "--render-only", action="store_true", help="re-render from measurements.json"
     )
     args = parser.parse_args()
+    import torch
+
+    torch.set_num_threads(1)  # one prompt at a time: one thread is fastest, busy or not
     write_card(args.folder, n=args.n, remeasure=not args.render_only)
