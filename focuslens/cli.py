@@ -258,15 +258,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
     from focuslens.walkthrough import run_demo
 
     start = time.perf_counter()
-    numbers = run_demo(
-        args.out,
-        quick=args.quick,
-        model=args.model,
-        seed=args.seed,
-        progress=not args.quiet,
-        threads=args.threads,
-        echo=print,
-    )
+    try:
+        numbers = run_demo(
+            args.out,
+            quick=args.quick,
+            model=args.model,
+            seed=args.seed,
+            progress=not args.quiet,
+            threads=args.threads,
+            echo=print,
+        )
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise CommandError(str(exc)) from None
     for key, value in numbers.items():
         print(f"  {key}: {value}")
     print(f"report: {Path(args.out) / 'report.html'}  ({time.perf_counter() - start:.0f} s)")

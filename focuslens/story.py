@@ -108,12 +108,37 @@ def _sweep(evals: pd.DataFrame, kind: str, param: str) -> dict[str, dict[Any, pd
     return out
 
 
+def _is_number(value: Any) -> bool:
+    try:
+        float(value)
+    except (TypeError, ValueError):
+        return False
+    return True
+
+
 def _number(value: Any) -> Any:
     try:
         f = float(value)
     except (TypeError, ValueError):
         return value
     return int(f) if f.is_integer() and not isinstance(value, float) else f
+
+
+def compare(frame: pd.DataFrame, base: pd.DataFrame) -> str:
+    """``"clearly above"``, ``"clearly below"`` or ``"within noise of"`` the baseline: the
+    95 % Wilson intervals of the two accuracies do not overlap, or they do."""
+    low, high = wilson_interval(_acc(frame), len(frame))
+    base_low, base_high = wilson_interval(_acc(base), len(base))
+    if low > base_high:
+        return "clearly above"
+    if high < base_low:
+        return "clearly below"
+    return "within noise of"
+
+
+def _versus(name: str, frame: pd.DataFrame, base: pd.DataFrame) -> tuple[str, str]:
+    word = compare(frame, base)
+    return word, f"{name}: {_acc(frame):.2f}, {word} the baseline ({_acc(base):.2f})"
 
 
 def _fmt(value: float) -> str:
@@ -266,16 +291,25 @@ def _split_softmax_section(report: Report, evals: pd.DataFrame) -> None:
             )
         )
     table = accuracy_table(sweep, x="tau")
-    best = table.loc[table["accuracy"].idxmax()]
     text = (
         "Split-softmax rescales, in the chosen heads only, the attention mass p on the relevant "
-        "document to p ** tau (tau < 1 boosts it; tau = 1 is the identity). It needs the span "
-        "labels: an oracle showing whether attention is the lever, not a method. "
-        f"Baseline {_fmt(_acc(base) if base is not None else None)}, gold-only prompt "
-        f"{_fmt(_acc(gold) if gold is not None else None)}; best: {best['series']} at "
-        f"tau={best['x']} with {best['accuracy']:.2f}. The paper's pattern is top-k heads "
-        "helping and random heads not."
+        "document to p ** tau (tau < 1 boosts it; tau = 1 is the identity; tau > 1 takes mass "
+        "away), at every query position. It needs the span labels: an oracle showing whether "
+        "attention is the lever, not a method. The paper's pattern (Llama-3.2-3B): boosting "
+        "the top-k contextual heads helps, boosting random heads does not. "
+        f"Gold-only prompt: {_fmt(_acc(gold) if gold is not None else None)}."
     )
+    if base is not None:
+        words = {}
+        for head_set in ("top", "random"):
+            best = best_condition(evals, "split_softmax", head_set)
+            if best is not None:
+                words[head_set], sentence = _versus(
+                    f"best {head_set}-heads condition ({best[0]})", best[1], base
+                )
+                text += f" {sentence[0].upper()}{sentence[1:]}."
+        holds = words.get("top") == "clearly above" and words.get("random") != "clearly above"
+        text += f" The paper's pattern {'holds' if holds else 'does not hold'} on this run."
     report.add_section(
         "Is attention the lever? Split-softmax",
         text,
@@ -345,26 +379,34 @@ def _steering_section(report: Report, evals: pd.DataFrame) -> None:
             )
         )
     table = accuracy_table(sweep, x="alpha")
-    best = table.loc[table["accuracy"].idxmax()]
-    neg = table[[isinstance(x, (int, float)) and x < 0 for x in table["x"]]]
-    neg_text = (
-        f" Negative alpha (a negative focus direction) gives {neg['accuracy'].min():.2f} at worst."
-        if len(neg)
-        else ""
-    )
-    auto = table[table["x"] == "auto"]
-    auto_text = (
-        f" With alpha='auto' (focuslens's own magnitude rule: alpha chosen per prompt, "
-        f"not the paper's) accuracy is {auto['accuracy'].iloc[0]:.2f}."
-        if len(auto)
-        else ""
-    )
     text = (
         "Steering adds alpha times the learned query direction to the queries of the chosen "
-        "heads, at every position, with no span labels at inference. "
-        f"Baseline {_fmt(_acc(base) if base is not None else None)}; best: {best['series']} at "
-        f"alpha={best['x']} with {best['accuracy']:.2f}.{neg_text}{auto_text}"
+        "heads, at every position, with no span labels at inference. Negative alpha is a "
+        "negative focus direction, which should distract the model further. "
     )
+    if base is not None:
+        top = evals[(evals["kind"] == "steering") & (evals["head_set"] == "top")]
+        by_alpha = {a: rows for a, rows in top.groupby("alpha", sort=False)}
+        positive = {a: r for a, r in by_alpha.items() if _is_number(a) and float(a) > 0}
+        negative = {a: r for a, r in by_alpha.items() if _is_number(a) and float(a) < 0}
+        if positive:
+            a = max(positive, key=lambda k: _acc(positive[k]))
+            text += _versus(f"Best positive alpha ({a})", positive[a], base)[1] + ". "
+        if negative:
+            a = min(negative, key=lambda k: _acc(negative[k]))
+            text += _versus(f"Worst negative alpha ({a})", negative[a], base)[1] + ". "
+        if "auto" in by_alpha:
+            text += (
+                _versus(
+                    "alpha='auto' (focuslens's own magnitude rule, not the paper's)",
+                    by_alpha["auto"],
+                    base,
+                )[1]
+                + ". "
+            )
+        best = best_condition(evals, "steering", "random")
+        if best is not None:
+            text += _versus(f"Best with random heads ({best[0]})", best[1], base)[1] + "."
     report.add_section(
         "Steering with focus directions",
         text,

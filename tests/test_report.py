@@ -217,3 +217,16 @@ def test_demo_quick_report_renders_in_chromium(tmp_path):
     # and allocation, direction norms and loss, steering accuracy and allocation, gold position.
     assert result["figures"] >= 10 and result["drawn"] == result["figures"]
     assert all(n > 0 for n in result["traces"])
+
+
+def test_compare_uses_non_overlapping_wilson_intervals():
+    from focuslens.story import compare
+
+    def frame(hits, n):
+        return pd.DataFrame({"correct": [True] * hits + [False] * (n - hits)})
+
+    base = frame(50, 100)  # Wilson 95%: [0.404, 0.596]
+    assert compare(frame(65, 100), base) == "within noise of"  # [0.553, 0.736] overlaps
+    assert compare(frame(70, 100), base) == "clearly above"  # [0.604, 0.781]
+    assert compare(frame(30, 100), base) == "clearly below"  # [0.219, 0.396]
+    assert compare(frame(31, 100), base) == "within noise of"
