@@ -97,6 +97,9 @@ def run_case(case: str) -> dict[str, float]:
     def ours():
         contextual_scores(model, [prompt])
 
+    def ours_chunked():
+        contextual_scores(model, [prompt], chunk_size=512)
+
     def naive():
         with torch.no_grad():
             _, cache = model.run_with_cache(
@@ -107,7 +110,13 @@ def run_case(case: str) -> dict[str, float]:
             [cache["pattern", l][0, :, n_prompt:, s:e].sum(-1).mean(-1) for l in range(12)]
         )
 
-    ops = {"forward": forward, "forward_no_logits": forward_no_logits, "ours": ours, "naive": naive}
+    ops = {
+        "forward": forward,
+        "forward_no_logits": forward_no_logits,
+        "ours": ours,
+        "ours_chunked": ours_chunked,
+        "naive": naive,
+    }
     result = measure(ops[case], repeats=2)
     result["n_tokens"] = int(tokens.shape[1])
     return result
@@ -129,7 +138,8 @@ def main() -> None:
     if args.case:
         print(json.dumps(run_case(args.case)))
         return
-    res = {c: run_isolated(__file__, c) for c in ("forward", "forward_no_logits", "ours", "naive")}
+    cases = ("forward", "forward_no_logits", "ours", "ours_chunked", "naive")
+    res = {c: run_isolated(__file__, c) for c in cases}
     base = res["forward"]
     print(f"GPT-2-small-shaped random model, {base['n_tokens']} tokens ({N_RESPONSE} response)")
     print(f"{'case':<22}{'time s':>9}{'peak MiB':>10}{'time/fwd':>10}{'mem/fwd':>9}")
