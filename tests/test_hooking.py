@@ -20,7 +20,10 @@ def test_position_tracker_sees_the_cache_offset():
         seen.append((tracker.offset(1), q.shape[1]))
 
     cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
-    with PositionTracker(model) as tracker, model.hooks(fwd_hooks=[("blocks.1.attn.hook_rot_q", record)]):
+    with (
+        PositionTracker(model) as tracker,
+        model.hooks(fwd_hooks=[("blocks.1.attn.hook_rot_q", record)]),
+    ):
         model(tokens, past_kv_cache=cache)
         model(tokens[:, -1:], past_kv_cache=cache)
         model(tokens[:, -1:], past_kv_cache=cache)
@@ -49,7 +52,9 @@ def test_headset_validation_and_formats(tmp_path):
     assert hs.to_list() == [[0, 3], [1, 2]] and str(hs) == "L0H3 L1H2"
     assert hs.validate(model) is hs
     assert hs.mask(2, 4).sum() == 2 and hs.mask(2, 4)[1, 2]
-    with pytest.raises(ValueError, match="L2H0 does not exist in a model with 2 layers and 4 heads"):
+    with pytest.raises(
+        ValueError, match="L2H0 does not exist in a model with 2 layers and 4 heads"
+    ):
         HeadSet([(2, 0)]).validate(model)
     with pytest.raises(ValueError, match="empty"):
         HeadSet().validate(model)
