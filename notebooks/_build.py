@@ -113,7 +113,7 @@ def span_of(i):
 
 
 tokens = model.tokenizer.convert_ids_to_tokens(tp.tokens.tolist())
-pd.DataFrame({"token": tokens, "span": [span_of(i) for i in range(len(tp))]}).T""",
+pd.DataFrame({"token": tokens, "span": [span_of(i) for i in range(len(tp))]})""",
     ),
     (
         "md",
@@ -180,10 +180,10 @@ focuslens.plots.head_scores(scores, ["relevant", "distractor_max", "sink"], top_
     (
         "md",
         """\
-A relevant score is small in absolute terms when there are many documents: a head that
-spread its attention evenly over 48 documents would give each about 2 %. Compare a
-head's relevant score with the largest single distractor (`distractor_max`): a
-contextual head gives the relevant document clearly more than any one distractor.
+Only a few heads score high: they read the relevant document while the answer is
+written; the others look at the distractors, the query or the sink. Compare a head's
+relevant score with the largest single distractor (`distractor_max`): a contextual head
+gives the relevant document far more than any one distractor.
 
 The same scores on the *gold-only* prompts (only the relevant document) show how much
 attention the distractors take away from it:""",
@@ -232,7 +232,7 @@ documents grows:""",
     (
         "code",
         """\
-sizes = [4, 8, 16, 32, 64]
+sizes = [4, 12, 16, 20, 24, 32]
 by_size = {
     n: focuslens.evaluate(
         model, synthetic_retrieval(20, n_documents=n, seed=1), heads=top, progress=False
@@ -259,9 +259,39 @@ focuslens.plots.accuracy_curves(
         "md",
         """\
 Twenty prompts per point make wide intervals (the error bars are 95 % Wilson
-intervals); raise the number in the cell above for tighter ones. The pattern to look for
-is the paper's: as documents are added, accuracy falls and the contextual heads give a
-smaller share of their attention to the relevant document.
+intervals); raise the number in the cell above for tighter ones. The demo model was
+trained on up to 12 documents: within that range it is always right and its contextual
+heads give most of their attention to the relevant document; beyond it, accuracy falls
+steeply and so does that attention, which moves to the distractors. This is the paper's
+phenomenon in miniature.
+
+Where the relevant document sits matters too ("lost in the middle", Liu et al. 2024).
+`gold_position=` places it first, in the middle or last:""",
+    ),
+    (
+        "code",
+        """\
+by_position = {
+    where: focuslens.evaluate(
+        model,
+        synthetic_retrieval(20, n_documents=DISTRACTING_DOCS, gold_position=where, seed=2),
+        heads=top,
+        progress=False,
+    )
+    for where in ("first", "middle", "last")
+}
+focuslens.plots.accuracy_curves(
+    {"demo model": by_position},
+    x="gold position",
+    title=f"Accuracy by position of the relevant document ({DISTRACTING_DOCS} documents)",
+)""",
+    ),
+    (
+        "md",
+        """\
+On the demo model the curve is not the paper's U: a relevant document in the middle is
+found, one at the start (farther from the query than anything seen in training) is
+mostly missed. The model card (`focuslens/demo/MODEL_CARD.md`) discusses why.
 
 ## What next
 
