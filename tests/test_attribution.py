@@ -144,6 +144,16 @@ def test_figure_and_bad_input():
 
 
 @pytest.mark.slow
+@pytest.mark.xfail(
+    strict=True,
+    reason=(
+        "measured on the shipped demo model: attribution patching does NOT agree with real "
+        "ablation there (Spearman -0.67 for zero-ablation, -0.31 for mean-ablation at 24 "
+        "documents; 0.19 at 8). The model is confident and its answer softmax saturated, so "
+        "the first-order estimate misses ablation effects of 5-18 nats. Attribution is exact "
+        "to first order (finite-difference tests above); on this model use ablation_effects."
+    ),
+)
 def test_attribution_agrees_with_ablation_on_the_demo_model():
     """On the demo model, zero-ablation and attribution agree in rank and in sign.
 
