@@ -429,6 +429,15 @@ retrieval.figure(top_k=2)""",
     (
         "md",
         """\
+On the demo model the retrieval scores are near zero for every head: while it writes a
+value word, no head's single most-attended token is that word in the relevant document.
+The model reads a document on its closing `]`, where the first layer has gathered the
+document's content, so the contextual heads look *at* the document without pointing at
+the token they copy. Two definitions of "the heads that read", two different answers.""",
+    ),
+    (
+        "md",
+        """\
 ## Is attention the lever? The split-softmax oracle
 
 If the contextual heads fail because their attention drifts to distractors, then more
@@ -461,6 +470,27 @@ frame[["condition", "k", "tau", "seed", "heads", "accuracy", "n", "attn_relevant
 `attn_relevant` is measured on the same heads (the top contextual heads) in every
 condition, so the rows compare. Read the table as the paper does: does boosting the top
 heads lift accuracy towards (or past) the gold-only prompt, while random heads do not?
+
+On the demo model it does not. The boost does what it says (the top heads' attention on
+the relevant document rises towards its gold-only level), but accuracy falls instead of
+rising. What does the model answer?""",
+    ),
+    (
+        "code",
+        """\
+examples = experiment.examples
+for (condition, k), rows in examples.groupby(["condition", "k"], sort=False):
+    none = (rows["prediction"] == "NONE").mean()
+    print(f"{condition:>10} k={k}: accuracy {rows['correct'].mean():.2f}, answered NONE {none:.2f}")""",
+    ),
+    (
+        "md",
+        """\
+Forced to look harder at the relevant span, the model decides the key is absent. A
+negative result is a result: on this model, attention mass on the relevant document is
+not what limits the answer (the [results page](../docs/results.md) has the same
+experiment on 100 prompts). The tool's job is to make such checks cheap, with their
+controls.
 
 How does the attention move as `tau` falls? `focuslens.plots.allocation` stacks the
 mass on relevant / distractors / sink / other of the boosted heads:""",
@@ -594,7 +624,7 @@ push attention away from the relevant document.""",
         "code",
         """\
 control = random_like(top, model, seed=0, disjoint=True)
-alphas = [-1.0, 0.0, 0.5, 1.0, 2.0]
+alphas = [-8.0, -2.0, 0.0, 2.0, 8.0, 32.0]
 steered = {
     a: focuslens.evaluate(
         model, test, intervention=directions.steering(top, a), heads=top, progress=False
@@ -605,7 +635,7 @@ random_steered = {
     a: focuslens.evaluate(
         model, test, intervention=directions.steering(control, a), heads=top, progress=False
     )
-    for a in (1.0, 2.0)
+    for a in (8.0, 32.0)
 }
 gold_only = focuslens.evaluate(model, [p.gold_only() for p in test], progress=False)
 focuslens.plots.accuracy_curves(
@@ -618,11 +648,27 @@ focuslens.plots.accuracy_curves(
     (
         "md",
         """\
+How strong is `alpha`? The vectors are added to queries, so what matters is
+`alpha * |d_q|` against the length of the head's queries. Learned from a small
+initialisation with a small learning rate, the demo's vectors are short, so small
+`alpha` changes little; the sweep above goes far enough to see something happen.
+
 Where does the attention of the contextual heads go as `alpha` grows? Too large an
 `alpha` pulls attention to irrelevant tokens as well, one of the limits the authors
 state:""",
     ),
     ("code", 'focuslens.plots.allocation(steered, x="alpha")'),
+    (
+        "md",
+        """\
+On the demo model no `alpha` raises the contextual heads' attention on the relevant
+document, and the largest one moves it to the distractors and costs accuracy. Like the
+split-softmax oracle of notebook 02, this is a negative result on this model (the
+[results page](../docs/results.md) has it on 100 prompts). A fixed `d_q` adds a bias
+that depends on the content of each key but not on the question; where the relevant
+document differs from the distractors only by matching the question, as here, such a
+bias cannot single it out.""",
+    ),
     (
         "md",
         """\

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
 
 import pytest
 from _tiny import labeled_prompts, tiny_model
@@ -85,3 +87,32 @@ def test_bad_input():
         contextual_head_experiment(model, prompts, ks=[1], taus=[-0.1])
     with pytest.raises(ValueError, match="taus is empty"):
         contextual_head_experiment(model, prompts, ks=[1], taus=[])
+
+
+_BLOCK = re.compile(
+    r"(?:<!--\s*test:\s*(?P<mode>skip|instead)(?P<arg>.*?)-->\s*\n)?"
+    r"^```python[^\n]*\n(?P<code>.*?)^```",
+    re.DOTALL | re.MULTILINE,
+)
+
+
+@pytest.mark.slow
+def test_docs_heads_page_runs():
+    """The Python blocks of docs/heads.md run in order on the demo model (with the
+    smaller stand-ins given in ``<!-- test: instead ... -->`` comments)."""
+    from focuslens.demo import load_demo_model
+
+    try:
+        load_demo_model()
+    except FileNotFoundError:
+        pytest.skip("the demo model's weights are not in the tree yet")
+    text = (Path(__file__).resolve().parents[1] / "docs" / "heads.md").read_text()
+    namespace: dict = {"__name__": "docs:heads.md"}
+    blocks = list(_BLOCK.finditer(text))
+    assert blocks
+    for m in blocks:
+        if m.group("mode") == "skip":
+            continue
+        code = m.group("arg") if m.group("mode") == "instead" else m.group("code")
+        line = text.count("\n", 0, m.start("code")) + 1
+        exec(compile(code, f"docs/heads.md:{line}", "exec"), namespace)  # noqa: S102
