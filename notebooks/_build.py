@@ -260,8 +260,8 @@ focuslens.plots.accuracy_curves(
         """\
 Twenty prompts per point make wide intervals (the error bars are 95 % Wilson
 intervals); raise the number in the cell above for tighter ones. The demo model was
-trained on up to 12 documents: within that range it is always right and its contextual
-heads give most of their attention to the relevant document; beyond it, accuracy falls
+trained on up to 12 documents. Up to about 16 it is always right and its contextual
+heads give most of their attention to the relevant document; past that, accuracy falls
 steeply and so does that attention, which moves to the distractors. This is the paper's
 phenomenon in miniature.
 
