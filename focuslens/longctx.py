@@ -261,7 +261,7 @@ def _run_chunks(
 
 def chunked_forward(
     model: Any,
-    tokens: Int[Tensor, " pos"],
+    tokens: Int[Tensor, "*batch pos"],
     *,
     chunk_size: int | None = None,
     max_memory: int | float | str | None = None,
