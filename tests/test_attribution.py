@@ -147,11 +147,12 @@ def test_figure_and_bad_input():
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "measured on the shipped demo model: attribution patching does NOT agree with real "
-        "ablation there (Spearman -0.67 for zero-ablation, -0.31 for mean-ablation at 24 "
-        "documents; 0.19 at 8). The model is confident and its answer softmax saturated, so "
-        "the first-order estimate misses ablation effects of 5-18 nats. Attribution is exact "
-        "to first order (finite-difference tests above); on this model use ablation_effects."
+        "measured on the shipped demo model: attribution patching does NOT agree with full "
+        "ablation there (Spearman -0.67 for zero-ablation at 24 documents, seed 3; near 0 on "
+        "other seeds). Full ablation is far from linear: first-layer heads act through the "
+        "second layer's attention (effects of 5-14 nats that the gradient does not see), and "
+        "at 8 documents the answer is saturated (gradients near 0). The gradient itself is "
+        "right: attribution predicts 10 % ablations (next test). Use ablation_effects here."
     ),
 )
 def test_attribution_agrees_with_ablation_on_the_demo_model():
@@ -176,3 +177,36 @@ def test_attribution_agrees_with_ablation_on_the_demo_model():
     big = exact.values.abs() > 0.5
     assert big.any()
     assert (torch.sign(exact.values[big]) == torch.sign(approx.values[big])).all()
+
+
+@pytest.mark.slow
+def test_attribution_predicts_small_ablations_on_the_demo_model():
+    """On the demo model, attribution patching predicts the effect of removing 10 % of
+    each head's output (z -> 0.9 z, divided by 0.1), computed here by hand.
+
+    Stated tolerance: Spearman rank correlation >= 0.9 over the 8 heads, and the same
+    sign for every head whose attribution is at least 0.1 nats (measured: 0.95 and 1.0
+    on seeds 4 and 3; at 30 % ablation already 0.64-0.74, at full ablation near 0).
+    """
+    from focuslens.demo import DISTRACTING_DOCS, load_demo_model
+    from focuslens.tasks import synthetic_retrieval
+
+    try:
+        model = load_demo_model()
+    except FileNotFoundError:
+        pytest.skip("the demo model's weights are not in the tree yet")
+    prompts = synthetic_retrieval(24, n_documents=DISTRACTING_DOCS, seed=4)
+    attr = attribution_patching(model, prompts, target="response", batch_size=12)
+    base = answer_logprob(model, prompts, target="response", batch_size=12)
+    eps = 0.1
+    small = torch.zeros(2, 4)
+    for layer in range(2):
+        for head in range(4):
+            with model.hooks(fwd_hooks=[scale_head(layer, head, factor=1 - eps)]):
+                moved = answer_logprob(model, prompts, target="response", batch_size=12)
+            small[layer, head] = (moved - base).mean() / eps
+    rho = rank_correlation(small, attr)
+    assert rho >= 0.9, (rho, small, attr.values)
+    clear = attr.values.abs() >= 0.1
+    assert clear.sum() >= 4
+    assert (torch.sign(small[clear]) == torch.sign(attr.values[clear])).all(), (small, attr.values)
