@@ -81,16 +81,23 @@ def main() -> None:
     zero = ablation_effects(model, select, mode="zero", target="response")
     mean = ablation_effects(model, select, mode="mean", target="response")
     attr = attribution_patching(model, select, mode="zero", target="response")
+    attr_mean = attribution_patching(model, select, mode="mean", target="response")
     print("\nZero-ablation effect on log p(answer) (nats; negative = the head helps):\n")
     print(table(zero.values))
     print("\nMean-ablation effect:\n")
     print(table(mean.values))
     print("\nAttribution patching (zero), one forward + backward:\n")
     print(table(attr.values))
+    print("\nAttribution patching (mean):\n")
+    print(table(attr_mean.values))
     corr = {
         "attribution_vs_zero_spearman": rank_correlation(zero, attr),
         "attribution_vs_zero_kendall": rank_correlation(zero, attr, method="kendall"),
         "contextual_vs_zero_spearman": rank_correlation(scores.relevant, -zero.values),
+        "attribution_vs_mean_spearman": rank_correlation(mean, attr_mean),
+        "last_layer_attribution_vs_zero_spearman": rank_correlation(
+            zero.values[-1:], attr.values[-1:]
+        ),
         "zero_vs_mean_spearman": rank_correlation(zero, mean),
     }
     for name, value in corr.items():
@@ -99,7 +106,7 @@ def main() -> None:
     ks = [int(k) for k in args.ks.split(",")]
     taus = [float(t) for t in args.taus.split(",")]
     exp = focuslens.contextual_head_experiment(
-        model, prompts, ks=ks, taus=taus, scores=scores, n_random=3, max_new_tokens=4
+        model, prompts, ks=ks, taus=taus, scores=scores, n_random=3, max_new_tokens=3
     )
     frame = exp.to_dataframe()
     print(
@@ -121,7 +128,7 @@ def main() -> None:
                 model,
                 prompts,
                 intervention=Pasta(top_k(scores, k), alpha),
-                max_new_tokens=4,
+                max_new_tokens=3,
                 progress=False,
             )
             pasta[f"k={k},alpha={alpha}"] = res.accuracy
@@ -133,6 +140,7 @@ def main() -> None:
         zero=zero.values.tolist(),
         mean=mean.values.tolist(),
         attribution=attr.values.tolist(),
+        attribution_mean=attr_mean.values.tolist(),
         correlations=corr,
         experiment=frame.to_dict(orient="records"),
         pasta=pasta,
