@@ -32,14 +32,14 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterable, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol, runtime_checkable
 
 import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from focuslens.generation import Generation, find_stop, generate_greedy
+from focuslens.generation import Generation, answer_tokens, find_stop, generate_greedy
 from focuslens.heads import HeadSet
 from focuslens.metrics import (
     METRICS,
@@ -51,7 +51,7 @@ from focuslens.metrics import (
     normalize_answer,
 )
 from focuslens.scores import contextual_scores
-from focuslens.spans import LabeledPrompt, tokenize_prompt
+from focuslens.spans import LabeledPrompt, TokenizedPrompt, tokenize_prompt
 
 DEFAULT_MAX_NEW_TOKENS = 100
 """At most this many new tokens per answer, as in the authors' code."""
@@ -189,19 +189,27 @@ def _check_heads(model: Any, heads: Iterable[Any]) -> list[tuple[int, int]]:
 
 def _allocation(
     model: Any,
-    prompt: LabeledPrompt,
-    prediction: str,
+    tp: TokenizedPrompt,
+    gen: Generation,
     heads: list[tuple[int, int]],
     intervention: Intervention | None,
     sink: int,
 ) -> tuple[dict[str, float], str]:
-    """Mean attention of the answer tokens over ``heads``, and a note when not measured."""
-    if not prediction.strip():
+    """Mean attention of the answer tokens over ``heads``, and a note when not measured.
+
+    The rows are the generated answer tokens themselves (:func:`answer_tokens`), fed
+    back after the prompt's tokens: no re-tokenisation of the decoded text."""
+    prompt = tp.source
+    answer = answer_tokens(gen, model.tokenizer)
+    if not gen.text.strip() or answer.numel() == 0:
         return {}, "empty prediction: no answer tokens to measure attention from"
-    teacher = prompt.with_response(prediction)
+    teacher = prompt.with_response(gen.text)
+    exact = replace(
+        tp, tokens=torch.cat([tp.tokens[: tp.n_prompt], answer.to(tp.tokens)]), source=teacher
+    )
     with _applied(intervention, model, [teacher]):
         scores = contextual_scores(
-            model, [teacher], query="response", sink=sink, batch_size=1, require_relevant=False
+            model, [exact], query="response", sink=sink, batch_size=1, require_relevant=False
         )
     layers = torch.tensor([layer for layer, _ in heads])
     idx = torch.tensor([head for _, head in heads])
@@ -279,7 +287,7 @@ def _one(model: Any, index: int, prompt: LabeledPrompt, options: _Options) -> di
     }
     if options.heads is not None:
         values, row["note"] = _allocation(
-            model, prompt, gen.text, options.heads, options.intervention, options.sink
+            model, tp, gen, options.heads, options.intervention, options.sink
         )
         for kind in ATTENTION_KINDS:
             row[f"attn_{kind}"] = values.get(kind, float("nan"))
@@ -318,6 +326,8 @@ def evaluate(
         heads: ``(layer, head)`` pairs or a :class:`~focuslens.heads.HeadSet`: also
             measure the answer tokens' attention mass on the relevant document,
             distractors, sink and the rest, averaged over these heads (``attn_*``).
+            The rows are the generated answer tokens themselves, fed back after the
+            prompt under the same intervention (the stopping token left out).
         sink: Leading positions counted as the attention sink.
         progress: Show a progress bar over the prompts.
 

@@ -237,4 +237,18 @@ def generate_greedy(
     )
 
 
-__all__ = ["Generation", "StopReason", "find_stop", "generate_greedy"]
+def answer_tokens(generation: Generation, tokenizer: Any) -> Tensor:
+    """The generated tokens that spell ``generation.text``: the shortest prefix of
+    ``generation.tokens`` whose decoding covers the text (so a stopping EOS, or the tokens
+    after a stop string, are left out). Empty when the text is empty."""
+    target = len(generation.text)
+    tokens = generation.tokens
+    if target == 0:
+        return tokens[:0]
+    for m in range(1, tokens.numel() + 1):
+        if len(tokenizer.decode(tokens[:m].tolist(), skip_special_tokens=True)) >= target:
+            return tokens[:m]
+    return tokens
+
+
+__all__ = ["Generation", "StopReason", "answer_tokens", "find_stop", "generate_greedy"]

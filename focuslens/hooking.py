@@ -130,8 +130,29 @@ def kv_head_of(model: Any, head: int) -> int:
     return head // (model.cfg.n_heads // n_kv_heads(model))
 
 
+def attention_scale(model: Any, layer: int) -> float:
+    """What layer ``layer`` divides ``q . k`` by before the softmax.
+
+    ``attn_scale`` on a ``HookedTransformer``; on a ``TransformerBridge`` the wrapped
+    Hugging Face module's ``scaling`` (a multiplier, inverted here).
+    """
+    attn = model.blocks[layer].attn
+    scale = getattr(attn, "attn_scale", None)
+    if scale is not None:
+        return float(scale)
+    hf_attn = getattr(attn, "original_component", None)
+    scaling = getattr(hf_attn, "scaling", None)
+    if scaling:
+        return 1.0 / float(scaling)
+    raise ValueError(
+        f"cannot tell the attention scale of layer {layer} ({type(attn).__name__} has neither "
+        "attn_scale nor a wrapped module with scaling)"
+    )
+
+
 __all__ = [
     "POSITIONS",
+    "attention_scale",
     "PositionTracker",
     "Positions",
     "absolute_query_positions",

@@ -139,6 +139,26 @@ def _pad(seqs: list[Tensor], value: float | int = 0.0) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- caching
+def require_hooked_transformer(model: Any, what: str) -> None:
+    """Refuse a model that is not a ``HookedTransformer``, saying what to do instead.
+
+    Learning runs one attention layer on its cached inputs (``query_input`` /
+    ``key_input`` and the layer's own weights, ``attn_scale`` included), which only
+    TransformerLens's ``HookedTransformer`` attention modules expose.
+    """
+    from transformer_lens import HookedTransformer
+
+    if not isinstance(model, HookedTransformer):
+        raise TypeError(
+            f"{what} needs a HookedTransformer, got a {type(model).__name__}: it runs each "
+            "attention layer on its own from cached inputs, which a TransformerBridge's "
+            "attention modules do not support. Load the model with "
+            "HookedTransformer.from_pretrained(name, hf_model=...) (or focuslens.load_model "
+            "with a TransformerLens model name) to learn directions; the result can then "
+            "steer either backend of the same shape."
+        )
+
+
 def cache_attention_inputs(
     model: Any, tps: Sequence[TokenizedPrompt], layers: Sequence[int]
 ) -> dict[int, list[tuple[Tensor, Tensor]]]:
@@ -471,6 +491,7 @@ def learn_focus_directions(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
+    require_hooked_transformer(model, "learn_focus_directions")
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")

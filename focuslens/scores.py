@@ -229,7 +229,7 @@ def span_masks(tp: TokenizedPrompt, n_sink: int, length: int, n_distractors: int
 
 def prepare(
     model: Any,
-    prompts: Sequence[LabeledPrompt],
+    prompts: Sequence[LabeledPrompt | TokenizedPrompt],
     *,
     query: QueryRows,
     sink: int,
@@ -248,17 +248,25 @@ def prepare(
     n_ctx = model.cfg.n_ctx
     out = []
     for idx, prompt in enumerate(prompts):
-        if not isinstance(prompt, LabeledPrompt):
-            raise TypeError(f"prompt {idx} is a {type(prompt).__name__}, expected a LabeledPrompt")
+        if not isinstance(prompt, (LabeledPrompt, TokenizedPrompt)):
+            raise TypeError(
+                f"prompt {idx} is a {type(prompt).__name__}, expected a LabeledPrompt "
+                "(or a TokenizedPrompt)"
+            )
         try:
             if require_relevant and prompt.relevant is None:
                 raise ValueError(
                     "it has no relevant span (relevant=None); contextual scores need one "
                     "(pass require_relevant=False to score its other spans only)"
                 )
-            tp = tokenize_prompt(
-                model, prompt, prepend_bos=prepend_bos, require_response=query != "last"
-            )
+            if isinstance(prompt, TokenizedPrompt):
+                tp = prompt  # exact token ids, e.g. a generated answer
+                if query != "last" and tp.n_response == 0:
+                    raise ValueError(f"query={query!r} needs response tokens; it has none")
+            else:
+                tp = tokenize_prompt(
+                    model, prompt, prepend_bos=prepend_bos, require_response=query != "last"
+                )
             if len(tp) > n_ctx:
                 raise ValueError(
                     f"it has {len(tp)} tokens, more than the model's context n_ctx={n_ctx}"
@@ -347,7 +355,9 @@ def contextual_scores(
     Args:
         model: A ``HookedTransformer`` (or a ``TransformerBridge`` in compatibility mode).
         prompts: Labelled prompts; with ``query="response"`` or ``"predict"`` each needs a
-            ``response``.
+            ``response``. A :class:`~focuslens.spans.TokenizedPrompt` is scored on its
+            own token ids (e.g. a prompt followed by the exact tokens a model generated,
+            which re-tokenising the decoded text need not reproduce).
         query: Which query rows to average over (see the module docstring).
         sink: Number of leading positions counted as the attention sink.
         batch_size: Prompts per forward pass (right-padded; results do not depend on it).

@@ -211,8 +211,24 @@ class LabeledPrompt:
             prefix_format=parts.prefix_format,
             wrap=parts.wrap,
             response=self.response,
-            meta=dict(self.meta),
+            meta=self._variant_meta(
+                len(idx), new_gold, "gold_only" if gold else "distractors_only"
+            ),
         )
+
+    def _variant_meta(self, n_documents: int, gold_position: int | None, variant: str) -> dict:
+        """The meta of a variant: document counts that describe the variant, not the
+        original (``original_<key>`` keeps the original's ``n_documents``,
+        ``gold_position`` and ``n_prompt_tokens``)."""
+        meta = dict(self.meta)
+        for key, value in (("n_documents", n_documents), ("gold_position", gold_position)):
+            if key in meta:
+                meta[f"original_{key}"] = meta[key]
+                meta[key] = value
+        if "n_prompt_tokens" in meta:  # the variant's length is not known without a tokenizer
+            meta["original_n_prompt_tokens"] = meta.pop("n_prompt_tokens")
+        meta["variant"] = variant
+        return meta
 
     def gold_only(self) -> LabeledPrompt:
         """The same prompt with only the relevant document."""

@@ -73,6 +73,7 @@ from focuslens.heads import HeadSet, str_head
 from focuslens.hooking import (
     PositionTracker,
     absolute_query_positions,
+    attention_scale,
     check_positions,
     hooks,
     key_hook_name,
@@ -254,7 +255,7 @@ def _score_hooks(
         heads = by_layer[layer]
         kv = torch.tensor([kv_head_of(model, h) for h in heads], device=k.device)
         vec = dq[layer][heads].to(device=k.device, dtype=torch.float32)
-        scale = model.blocks[layer].attn.attn_scale
+        scale = attention_scale(model, layer)
         bias = torch.einsum("bkhd,hd->bhk", k[:, :, kv].float(), vec) / scale  # [b, h, key]
         alpha = _alpha_like(state.alpha, scores, "attention score")
         add = alpha * bias[:, :, None, :]  # [b, h, 1, key]

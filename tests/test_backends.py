@@ -124,3 +124,61 @@ def test_load_model_errors(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="not a Hugging Face model folder"):
         load_model(str(tmp_path / "empty"))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("form", ["qk", "scores"])
+def test_steering_a_bridge_equals_hugging_face_with_the_query_added(
+    hf_llama_folder, monkeypatch, form
+):
+    """Focus-direction steering on a TransformerBridge against Hugging Face's own Llama with
+    ``alpha * d_q`` added to one head's rotated queries (as the authors' code does). The
+    key vectors are random and added by focuslens only: they cancel in the softmax.
+    Compared as log-probabilities: compatibility mode centres the unembedding, which
+    shifts each position's logits by a constant."""
+    import transformers.models.llama.modeling_llama as llama
+    from transformers import LlamaForCausalLM
+
+    from focuslens.directions import FocusDirections, ModelShape
+
+    bridge = load_model(str(hf_llama_folder))
+    hf_model = LlamaForCausalLM.from_pretrained(hf_llama_folder)
+    hf_model.config._attn_implementation = "eager"
+    shape = ModelShape.of(bridge)
+    g = torch.Generator().manual_seed(0)
+    d_q = torch.randn(shape.n_layers, shape.n_heads, shape.d_head, generator=g)
+    d_k = torch.randn(shape.n_layers, shape.n_heads, shape.d_head, generator=g)
+    layers = list(range(shape.n_layers))
+    directions = FocusDirections(d_q=d_q, d_k=d_k, shape=shape, heads=[(1, 2)], layers=layers)
+    tokens = tokenize_prompt(bridge, _prompts(1)[0]).tokens[None]
+    alpha, calls = 1.5, []
+    rotate = llama.apply_rotary_pos_emb
+
+    def steered_rotary(q, k, cos, sin, *args, **kwargs):
+        q, k = rotate(q, k, cos, sin, *args, **kwargs)
+        layer = len(calls) % shape.n_layers  # called once per layer, in order
+        calls.append(layer)
+        if layer == 1:
+            q = q.clone()
+            q[:, 2] += alpha * d_q[1, 2]  # [batch, head, pos, d_head]
+        return q, k
+
+    with torch.no_grad():
+        plain = bridge(tokens)
+        with directions.steer(bridge, [(1, 2)], alpha, form=form):
+            got = bridge(tokens)
+        # the bridge wraps the same Hugging Face modules: patch only after it has run
+        monkeypatch.setattr(llama, "apply_rotary_pos_emb", steered_rotary)
+        expected = hf_model(tokens).logits
+    assert calls == layers
+    got, plain, expected = (x.log_softmax(-1) for x in (got, plain, expected))
+    assert (expected - plain).abs().max() > 1e-2  # the steer is visible
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
+
+
+def test_learning_on_a_bridge_is_refused_with_a_way_out(hf_llama_folder):
+    import focuslens
+
+    bridge = load_model(str(hf_llama_folder))
+    with pytest.raises(TypeError, match="needs a HookedTransformer.*TransformerBridge"):
+        focuslens.learn_focus_directions(bridge, _prompts(2), response="given", epochs=1)

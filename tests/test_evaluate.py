@@ -8,7 +8,7 @@ import pytest
 import torch
 from _tiny import WORDS, bpe_tokenizer, tiny_model, word_tokenizer
 
-from focuslens import tokenize_prompt
+from focuslens import LabeledPrompt, tokenize_prompt
 from focuslens.evaluate import (
     METRICS,
     EvalResult,
@@ -404,3 +404,56 @@ def test_stop_strings_and_max_new_tokens_arguments_override_meta(model):
     assert df["prediction"][0] == expected.text and df["stop_reason"][0] == expected.stop_reason
     df = evaluate(model, [p], max_new_tokens=6, progress=False).to_dataframe()
     assert df["prediction"][0] == full.text and df["n_new_tokens"][0] == full.tokens.numel()
+
+
+def test_allocation_reads_the_generated_tokens_not_a_re_tokenisation():
+    """With a byte-level BPE, a random model's answer does not survive decode + encode
+    (the test checks that it does not); the attention is measured on the answer rows the
+    model actually generated."""
+    from focuslens.generation import answer_tokens, generate_greedy
+
+    model = tiny_model("rotary", tokenizer=bpe_tokenizer())
+    docs = [("Paris", "the quick brown fox"), ("France", "jumps over the lazy dog")]
+    prompts = [
+        LabeledPrompt.from_documents("who wrote the play?", docs, i, ["x"], instruction="Answer.")
+        for i in range(2)
+    ]
+    heads = [(0, 1), (1, 2)]
+    df = evaluate(
+        model, prompts, heads=heads, max_new_tokens=6, stop_strings=(), progress=False
+    ).to_dataframe()
+    differs = 0
+    for row, p in zip(df.itertuples(), prompts):
+        tp = tokenize_prompt(model, p)
+        gen = generate_greedy(model, tp.tokens[: tp.n_prompt], max_new_tokens=6, stop_strings=())
+        answer = answer_tokens(gen, model.tokenizer)
+        assert gen.text == row.prediction and answer.numel() > 0
+        retokenised = tokenize_prompt(model, p.with_response(gen.text)).tokens[tp.n_prompt :]
+        differs += not torch.equal(retokenised, answer)
+        tokens = torch.cat([tp.tokens[: tp.n_prompt], answer])
+        _, cache = model.run_with_cache(tokens[None])
+        rows = list(range(tp.n_prompt, len(tokens)))
+        expected = torch.stack(
+            [
+                cache["pattern", layer][0, head][rows][:, tp.relevant[0] : tp.relevant[1]]
+                .sum(-1)
+                .mean()
+                for layer, head in heads
+            ]
+        ).mean()
+        assert row.attn_relevant == pytest.approx(float(expected), abs=1e-5)
+    assert differs == len(prompts)
+
+
+def test_answer_tokens_leave_out_the_stop():
+    from focuslens.generation import Generation, answer_tokens
+
+    tok = tiny_model("rotary").tokenizer
+    ids = tok("w3 w4", add_special_tokens=False)["input_ids"]
+    eos = tok.eos_token_id
+    gen = Generation(tokens=torch.tensor([*ids, eos]), text="w3 w4", stop_reason="eos")
+    assert answer_tokens(gen, tok).tolist() == ids
+    cut = Generation(tokens=torch.tensor([*ids, *ids]), text="w3", stop_reason="stop_string")
+    assert answer_tokens(cut, tok).tolist() == ids[:1]
+    empty = Generation(tokens=torch.tensor([eos]), text="", stop_reason="eos")
+    assert answer_tokens(empty, tok).numel() == 0

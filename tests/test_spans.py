@@ -40,6 +40,26 @@ def test_variants_renumber_and_keep_layout():
     assert gold.response == p.response and gold.answers == p.answers
 
 
+def test_variant_meta_describes_the_variant():
+    from focuslens.tasks import synthetic_retrieval
+
+    p = synthetic_retrieval(1, n_documents=6, gold_position=3, seed=0)[0]
+    gold, neg = p.gold_only(), p.distractors_only()
+    assert (p.meta["n_documents"], p.meta["gold_position"]) == (6, 3)
+    assert (
+        (gold.meta["n_documents"], gold.meta["gold_position"])
+        == (1, 0)
+        == (
+            gold.n_documents,
+            gold.gold_position,
+        )
+    )
+    assert (neg.meta["n_documents"], neg.meta["gold_position"]) == (5, None)
+    assert gold.meta["original_n_documents"] == 6 and neg.meta["original_gold_position"] == 3
+    assert "n_prompt_tokens" not in gold.meta and gold.meta["variant"] == "gold_only"
+    assert p.meta["n_prompt_tokens"] == 40 and "variant" not in p.meta  # original untouched
+
+
 def test_variants_need_parts():
     p = LabeledPrompt("w1 w2 w3", (0, 2), [], ["w1"])
     with pytest.raises(ValueError, match="not built from documents"):
