@@ -170,7 +170,11 @@ class FocusDirections:
         return self.d_k[layer]
 
     def top_heads(self, k: int | None = None) -> HeadSet:
-        """The first ``k`` ranked heads (all of them when ``k`` is None)."""
+        """The first ``k`` ranked heads (all of them when ``k`` is None).
+
+        The selection follows the ranking; the returned :class:`HeadSet` is a set (sorted
+        by layer and head). ``directions.heads[:k]`` keeps the ranked order.
+        """
         if not self.heads:
             raise ValueError(
                 "these directions carry no ranked heads; pass a HeadSet explicitly "
