@@ -216,13 +216,20 @@ def contextual_head_experiment(
     Returns:
         A :class:`HeadExperiment` (``.to_dataframe()``, ``.figure()``).
 
-    Example (needs a model, so not run as a doctest)::
+    Example (on the shipped demo model; use about 100 prompts per condition for
+    figures you report):
 
-        prompts = focuslens.tasks.synthetic_retrieval(100, n_documents=DISTRACTING_DOCS)
-        train = focuslens.tasks.synthetic_retrieval(100, n_documents=..., seed=1)
-        exp = contextual_head_experiment(model, prompts, ks=[1, 2, 4], taus=[0.1, 0.5],
-                                         score_prompts=train)
-        exp.to_dataframe(); exp.figure(tau=0.1)
+        >>> import focuslens
+        >>> model = focuslens.load_demo_model()
+        >>> prompts = focuslens.tasks.synthetic_retrieval(4, n_documents=8, seed=1)
+        >>> train = focuslens.tasks.synthetic_retrieval(8, n_documents=8, seed=0)
+        >>> exp = contextual_head_experiment(
+        ...     model, prompts, ks=[1], taus=[0.5], score_prompts=train, n_random=1
+        ... )
+        >>> df = exp.to_dataframe()
+        >>> sorted(df["condition"].unique())
+        ['baseline', 'gold_only', 'many', 'random_k', 'top_k']
+        >>> fig = exp.figure(tau=0.5)
     """
     n_total = model.cfg.n_layers * model.cfg.n_heads
     _check(prompts, ks, taus, n_total)
