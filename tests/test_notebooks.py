@@ -103,3 +103,11 @@ def test_notebook_runs(name, record_property):
         if out.get("output_type") == "error"
     ]
     assert not errors, f"{name}: {errors[0].get('ename')}: {errors[0].get('evalue')}"
+    warnings = [
+        out.get("text", "")
+        for cell in nb.cells
+        if cell.cell_type == "code"
+        for out in cell.outputs
+        if out.get("name") == "stderr" and "Warning" in out.get("text", "")
+    ]
+    assert not warnings, f"{name} printed a warning: {warnings[0][:300]}"
