@@ -360,6 +360,34 @@ def test_memory_arithmetic():
     assert estimate_memory(model, n, 10**6) == estimate_memory(model, n, n)
 
 
+def test_the_estimate_bounds_the_recorded_benchmark_and_the_docs_quote_it():
+    """``benchmarks/results/long_context.json`` holds the peaks measured by
+    ``bench_long_context.py``: the estimate behind ``max_memory`` is above each of them
+    (a budget it picks is not exceeded) and within 1.8x; the docs quote the 32k case."""
+    import json
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from transformer_lens import HookedTransformerConfig
+
+    root = Path(__file__).resolve().parents[1]
+    rows = json.loads((root / "benchmarks" / "results" / "long_context.json").read_text())
+    cfg = HookedTransformerConfig(
+        n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257,
+        n_ctx=32768, act_fn="gelu", normalization_type="LN",
+        positional_embedding_type="rotary", rotary_dim=64,
+    )  # fmt: skip
+    shape = SimpleNamespace(cfg=cfg)
+    chunked = [r for r in rows if r["case"] == "chunked"]
+    assert max(r["n_tokens"] for r in chunked) > 32_000
+    for r in chunked:
+        estimate = estimate_memory(shape, r["n_tokens"], 512) / 2**20
+        assert r["peak_mib"] < estimate < 1.8 * r["peak_mib"], r
+    docs = (root / "docs" / "long-contexts.md").read_text()
+    assert f"# {chunk_size_for(shape, 32_768, '6GiB')} for the GPT-2 small shape" in docs
+    assert f"# {estimate_memory(shape, 32_768, 512) / 2**30:.1f} GiB" in docs
+
+
 # ------------------------------------------------------------------ prompts of a length
 @pytest.mark.parametrize("n_tokens", [10, 100, 1001])
 def test_synthetic_prompts_of_a_requested_length(n_tokens):
