@@ -1,11 +1,13 @@
 """Benchmark: the cost of steering during generation, and the per-layer learning shortcut.
 
 1. Greedy generation (KV cache, a fixed number of new tokens) with and without focus
-   direction steering, for each form (``qk``: add to queries and keys; ``scores``: the
+   direction steering, on the demo model and on a random GPT-2-small-shaped model, for each form (``qk``: add to queries and keys; ``scores``: the
    logit bias at ``hook_attn_scores``), ``positions="generated"`` and ``alpha="auto"``
    (which adds a calibration of a few partial forward passes per prompt). Conditions
    are interleaved and repeated; the ratio is median(steered) / median(baseline) in the
-   same run. Target for the plain steer: <= 1.05.
+   same run; also min / min and the median of the ratios of each round's runs
+   ("paired", which cancels slow drifts of the machine's speed). Target for the plain
+   steer: <= 1.05.
 2. Learning focus directions: each layer trained on its cached attention input, only
    that attention layer running (focuslens's way), against a whole-model forward and
    backward per step for the same examples, seed and steps. Prints the speed-up and the
@@ -58,8 +60,26 @@ def demo_or_tiny(n_layers: int | None = None) -> tuple[Any, str]:
     return tiny_model("rotary", n_layers=layers, n_heads=4, d_head=16, n_ctx=512), f"tiny-{layers}L"
 
 
+def gpt2_small_shaped() -> tuple[Any, str]:
+    """A random rotary model of GPT-2 small's shape with the demo model's tokenizer (so the
+    synthetic prompts apply): per-step overhead of the hooks against a realistic step."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from focuslens.demo import load_demo_model
+
+    tokenizer = load_demo_model().tokenizer
+    cfg = HookedTransformerConfig(
+        n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=len(tokenizer),
+        n_ctx=2048, act_fn="gelu", normalization_type="LN",
+        positional_embedding_type="rotary", rotary_dim=64, default_prepend_bos=True, seed=0,
+    )  # fmt: skip
+    model = HookedTransformer(cfg)
+    model.set_tokenizer(tokenizer)
+    return model.eval(), "gpt2-small-shaped"
+
+
 def prompts_for(model: Any, name: str, n: int, n_docs: int) -> list[Any]:
-    if name == "demo":
+    if name in ("demo", "gpt2-small-shaped"):
         from focuslens.tasks import synthetic_retrieval
 
         return synthetic_retrieval(n, n_documents=n_docs, seed=1)
@@ -100,10 +120,10 @@ def random_directions(model: Any) -> FocusDirections:
 
 
 # ---------------------------------------------------------------------------- generation
-def bench_generation(args: argparse.Namespace) -> None:
+def bench_generation(args: argparse.Namespace, large: bool = False) -> None:
     from focuslens.spans import tokenize_prompt
 
-    model, name = demo_or_tiny()
+    model, name = gpt2_small_shaped() if large else demo_or_tiny()
     prompt = prompts_for(model, name, 1, args.docs)[0]
     tp = tokenize_prompt(model, prompt)
     tokens = tp.tokens[: tp.n_prompt]
@@ -139,14 +159,16 @@ def bench_generation(args: argparse.Namespace) -> None:
         for key, cond in conditions.items():
             times[key].append(run(cond))
     base = statistics.median(times["baseline"])
+    base_min = min(times["baseline"])
     print(
         f"\n## Generation ({name}, {tp.n_prompt}-token prompt, {args.new_tokens} new tokens, "
         f"{len(heads)} heads, median of {args.repeats})"
     )
-    print(f"{'condition':34s} {'seconds':>9s} {'ratio':>7s}")
+    print(f"{'condition':34s} {'seconds':>9s} {'ratio':>7s} {'min ratio':>9s} {'paired':>7s}")
     for key, values in times.items():
         med = statistics.median(values)
-        print(f"{key:34s} {med:9.4f} {med / base:7.3f}")
+        paired = statistics.median(v / b for v, b in zip(values, times["baseline"]))
+        print(f"{key:34s} {med:9.4f} {med / base:7.3f} {min(values) / base_min:9.3f} {paired:7.3f}")
 
 
 # ---------------------------------------------------------------------------- learning
@@ -218,7 +240,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--docs", type=int, default=48, help="documents per prompt")
     parser.add_argument("--new-tokens", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--k", type=int, default=4, help="steered heads")
     parser.add_argument("--n-learn", type=int, default=16, help="prompts for the learning part")
     parser.add_argument("--epochs", type=int, default=1)
@@ -232,6 +254,8 @@ def main() -> None:
     torch.manual_seed(0)
     with torch.no_grad():
         bench_generation(args)
+        if not args.quick:
+            bench_generation(args, large=True)
     bench_learning(args, None)
     bench_learning(args, args.deep)
 

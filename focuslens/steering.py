@@ -247,25 +247,34 @@ def _score_hooks(
     def k_hook(k: Tensor, hook: Any, layer: int) -> None:
         keys[layer] = k
 
+    tables: dict[tuple, tuple[Tensor, Tensor, Tensor, int]] = {}
+
+    def table(layer: int, device: Any) -> tuple[Tensor, Tensor, Tensor, int]:
+        """KV-head index, head index, ``d_q / scale`` rows: built once per layer/device."""
+        key = (layer, device)
+        if key not in tables:
+            heads = by_layer[layer]
+            kv = torch.tensor([kv_head_of(model, h) for h in heads], device=device)
+            vec = dq[layer][heads].to(device=device, dtype=torch.float32)
+            index = torch.tensor(heads, device=device)
+            tables[key] = (kv, index, vec / attention_scale(model, layer), len(heads))
+        return tables[key]
+
     def score_hook(scores: Tensor, hook: Any, layer: int) -> Tensor:
         k = keys.pop(layer)
         entry = entries.entries.get(layer)
         if not rotary and entry is not None:
             k = entry.past_keys  # all keys: the cache already holds the new ones
-        heads = by_layer[layer]
-        kv = torch.tensor([kv_head_of(model, h) for h in heads], device=k.device)
-        vec = dq[layer][heads].to(device=k.device, dtype=torch.float32)
-        scale = attention_scale(model, layer)
-        bias = torch.einsum("bkhd,hd->bhk", k[:, :, kv].float(), vec) / scale  # [b, h, key]
+        kv, index, vec, n_heads = table(layer, k.device)
+        bias = torch.einsum("bkhd,hd->bhk", k[:, :, kv].float(), vec)  # [b, h, key]
         alpha = _alpha_like(state.alpha, scores, "attention score")
         add = alpha * bias[:, :, None, :]  # [b, h, 1, key]
         absolute = absolute_query_positions(scores.shape[2], scores.shape[3], scores.device)
         rows = _row_mask(state, absolute)
         if rows is not None:
             add = add * rows[:, None, :, None]
-        add = add.expand(scores.shape[0], len(heads), scores.shape[2], scores.shape[3])
-        index = torch.tensor(heads, device=scores.device)
-        return scores.index_add(1, index, add.to(scores.dtype))
+        add = add.expand(scores.shape[0], n_heads, scores.shape[2], scores.shape[3])
+        return scores.index_add(1, index.to(scores.device), add.to(scores.dtype))
 
     out = []
     for layer in dq:
