@@ -103,7 +103,8 @@ SHORT: list[Any] = [-0.5, 0.0, 0.3, 1.0, "auto"]
 
 
 def directions_for(model, train, args, method: str, folder: Path):
-    """Learn (or reload from an earlier run) one kind of directions, timed."""
+    """Learn (or reload from an earlier run in the same ``--out`` folder, whatever its
+    settings) one kind of directions, timed."""
     path = folder / f"directions_{method}.safetensors"
     if path.is_file():
         return focuslens.FocusDirections.load(path, model), None
@@ -126,7 +127,9 @@ def main() -> None:
     parser.add_argument("--n-absent", type=int, default=60)
     parser.add_argument("--k", type=int, default=2, help="steered heads")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate")
+    parser.add_argument(
+        "--lr", type=float, default=1e-3, help="AdamW learning rate (with another --out)"
+    )
     parser.add_argument(
         "--only-top", action="store_true", help="sweep the learned top-k directions only"
     )
