@@ -1,0 +1,59 @@
+"""Smoke runs of the scripts behind the docs' figures (``--quick``), so that they keep
+working as the package changes. The figures themselves are in the docs."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _run(*args: str, cwd: Path) -> str:
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout
+
+
+@pytest.mark.slow
+def test_repro_directions_quick(tmp_path):
+    out = _run(
+        str(ROOT / "scripts" / "repro_directions.py"), "--quick", "--out", "run", cwd=tmp_path
+    )
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert [r["alpha"] for r in results["top"]] == [
+        -0.5,
+        -0.2,
+        0.0,
+        0.1,
+        0.2,
+        0.3,
+        0.5,
+        1.0,
+        "auto",
+    ]
+    assert {"random", "closed", "cosine_top", "gold_only", "loss_history"} <= set(results)
+    for row in results["top"]:
+        assert 0 <= row["present"]["accuracy"] <= 1 and 0 <= row["absent"]["accuracy"] <= 1
+        assert 0 <= row["present"]["attn_relevant"] <= 1
+    assert "### top" in out and "| auto |" in out
+    assert (tmp_path / "run" / "directions_learned.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_bench_steering_quick(tmp_path):
+    out = _run(str(ROOT / "benchmarks" / "bench_steering.py"), "--quick", cwd=tmp_path)
+    ratios = re.findall(r"^steer qk\s+[\d.]+\s+([\d.]+)", out, flags=re.MULTILINE)
+    assert len(ratios) == 1 and float(ratios[0]) > 0
+    assert out.count("speed-up") == 2
+    diffs = re.findall(r"max \|d_q difference\|\s+:\s+(\S+)", out)
+    assert len(diffs) == 2 and all(float(d) < 1e-5 for d in diffs)  # the same computation
