@@ -7,12 +7,13 @@ the peak resident memory above what was resident just before, and the wall time.
 
 from __future__ import annotations
 
+import argparse
 import gc
 import json
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +50,35 @@ def run_isolated(script: str, case: str, *args: str) -> dict[str, float]:
     if out.returncode != 0:
         raise RuntimeError(f"case {case} failed:\n{out.stderr[-2000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def run_cases(
+    script: str, doc: str, cases: Sequence[str], run_case: Callable[[str], dict]
+) -> tuple[dict[str, dict], str | None] | None:
+    """The command line shared by the benchmarks that compare isolated cases.
+
+    ``--case C`` runs one case in this process and prints its JSON (what
+    :func:`run_isolated` reads); returns None. Otherwise every case runs in its own
+    process: returns the results by case and the ``--json`` path (or None).
+    """
+    parser = argparse.ArgumentParser(
+        description=doc, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--case")
+    parser.add_argument("--json", help="also write the results to this file")
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(run_case(args.case)))
+        return None
+    return {c: run_isolated(script, c) for c in cases}, args.json
+
+
+def print_ratios(res: dict[str, dict], width: int, base: str = "forward") -> None:
+    """Time and peak memory of each case, and their ratios to the ``base`` case."""
+    ref = res[base]
+    print(f"{'case':<{width}}{'time s':>9}{'peak MiB':>10}{'time/fwd':>10}{'mem/fwd':>9}")
+    for case, r in res.items():
+        print(
+            f"{case:<{width}}{r['seconds']:>9.3f}{r['peak_mib']:>10.0f}"
+            f"{r['seconds'] / ref['seconds']:>10.2f}{r['peak_mib'] / max(ref['peak_mib'], 1):>9.2f}"
+        )

@@ -13,14 +13,13 @@ head).
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _measure import measure, run_isolated  # noqa: E402
+from _measure import measure, print_ratios, run_cases  # noqa: E402
 
 N_LAYERS, N_HEADS, N_PROMPTS, N_DOCS, DOC_WORDS = 4, 8, 2, 20, 25
 CASES = ("forward", "split_softmax", "pasta", "head_ablation", "attribution", "ablation")
@@ -109,33 +108,22 @@ def run_case(case: str) -> dict[str, float]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--case")
-    parser.add_argument("--json")
-    args = parser.parse_args()
-    if args.case:
-        print(json.dumps(run_case(args.case)))
+    ran = run_cases(__file__, __doc__, CASES, run_case)
+    if ran is None:
         return
-    res = {c: run_isolated(__file__, c) for c in CASES}
+    res, json_path = ran
     base = res["forward"]
     print(
         f"random rotary GQA model, {N_LAYERS} x {N_HEADS} heads, batch of {N_PROMPTS} prompts, "
         f"{base['n_tokens']} tokens in all; interventions on 16 heads"
     )
-    print(f"{'case':<16}{'time s':>9}{'peak MiB':>10}{'time/fwd':>10}{'mem/fwd':>9}")
-    for case, r in res.items():
-        print(
-            f"{case:<16}{r['seconds']:>9.3f}{r['peak_mib']:>10.0f}"
-            f"{r['seconds'] / base['seconds']:>10.2f}{r['peak_mib'] / max(base['peak_mib'], 1):>9.2f}"
-        )
+    print_ratios(res, 16)
     speedup = res["ablation"]["seconds"] / res["attribution"]["seconds"]
     print(
         f"exact ablation of {N_LAYERS * N_HEADS} heads / attribution patching, time: {speedup:.1f}x"
     )
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
+    if json_path:
+        Path(json_path).write_text(json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":

@@ -11,14 +11,13 @@ forward pass measured in the same run.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _measure import measure, run_isolated  # noqa: E402
+from _measure import measure, print_ratios, run_cases  # noqa: E402
 
 N_PROMPT, N_RESPONSE, N_DOCS = 2000, 16, 20
 
@@ -129,30 +128,19 @@ def tokenize_prompt_spans(model, prompt):
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
-    parser.add_argument("--case")
-    parser.add_argument("--json")
-    args = parser.parse_args()
-    if args.case:
-        print(json.dumps(run_case(args.case)))
-        return
     cases = ("forward", "forward_no_logits", "ours", "ours_chunked", "naive")
-    res = {c: run_isolated(__file__, c) for c in cases}
+    ran = run_cases(__file__, __doc__, cases, run_case)
+    if ran is None:
+        return
+    res, json_path = ran
     base = res["forward"]
     print(f"GPT-2-small-shaped random model, {base['n_tokens']} tokens ({N_RESPONSE} response)")
-    print(f"{'case':<22}{'time s':>9}{'peak MiB':>10}{'time/fwd':>10}{'mem/fwd':>9}")
-    for case, r in res.items():
-        print(
-            f"{case:<22}{r['seconds']:>9.3f}{r['peak_mib']:>10.0f}"
-            f"{r['seconds'] / base['seconds']:>10.2f}{r['peak_mib'] / base['peak_mib']:>9.2f}"
-        )
+    print_ratios(res, 22)
     print(
         f"naive cache / ours, peak memory: {res['naive']['peak_mib'] / res['ours']['peak_mib']:.1f}x"
     )
-    if args.json:
-        Path(args.json).write_text(json.dumps(res, indent=2))
+    if json_path:
+        Path(json_path).write_text(json.dumps(res, indent=2))
 
 
 if __name__ == "__main__":

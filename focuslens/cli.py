@@ -2,7 +2,7 @@
 
 Quick start (offline, on the shipped demo model):
 
-    focuslens demo                 # the whole story, a few minutes on 2 cores
+    focuslens demo                 # the whole story, about 80 s on 2 idle cores
     open focuslens-out/report.html
 
 Step by step, on any model TransformerLens can load (a name whose weights are in the

@@ -47,7 +47,13 @@ from torch import Tensor
 
 from focuslens.directions import FocusDirections, ModelShape
 from focuslens.heads import HeadSet
-from focuslens.hooking import hooks, key_hook_name, query_hook_name
+from focuslens.hooking import (
+    attention_scale,
+    hooks,
+    key_hook_name,
+    n_kv_heads,
+    query_hook_name,
+)
 from focuslens.scores import QueryRows, contextual_scores, prepare, query_rows, span_mass
 from focuslens.spans import LabeledPrompt, TokenizedPrompt, tokenize_prompt
 
@@ -207,7 +213,7 @@ def layer_mass(
         rows: ``(rows, row_mask, relevant_masks)`` from :func:`_batch_rows`.
     """
     attn = model.blocks[layer].attn
-    n_kv = _n_kv(model)
+    n_kv = n_kv_heads(model)
     group = model.cfg.n_heads // n_kv
     captured: dict[str, Tensor] = {}
 
@@ -233,10 +239,6 @@ def layer_mass(
         except _StopForward:
             pass
     return span_mass(captured["pattern"], *rows)[..., 0]
-
-
-def _n_kv(model: Any) -> int:
-    return int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
 
 
 BatchMass = Callable[[list[int], Tensor, Tensor], Tensor]
@@ -378,7 +380,7 @@ class _GradientSums:
         self.model = model
         self.grad = torch.zeros(cfg.n_layers, cfg.n_heads, cfg.d_head)
         self.qnorm = torch.zeros(cfg.n_layers, cfg.n_heads)
-        self.group = cfg.n_heads // _n_kv(model)
+        self.group = cfg.n_heads // n_kv_heads(model)
         self.batch: tuple[Tensor, Tensor, Tensor] | None = None
         self.keys: dict[int, Tensor] = {}
         self.norms: dict[int, Tensor] = {}
@@ -400,7 +402,7 @@ class _GradientSums:
         m = torch.einsum("bhrk,bk->bhr", a, rel)
         k_s = torch.einsum("bhrk,bk,bkhd->bhrd", a, rel, keys)
         k_all = torch.einsum("bhrk,bkhd->bhrd", a, keys)
-        g = (k_s - m[..., None] * k_all) / self.model.blocks[layer].attn.attn_scale
+        g = (k_s - m[..., None] * k_all) / attention_scale(self.model, layer)
         w = row_mask
         per_ex = (g * w[:, None, :, None]).sum(2) / w.sum(1)[:, None, None]  # b h d
         self.grad[layer] += per_ex.sum(0).cpu() / h

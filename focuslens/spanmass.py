@@ -26,7 +26,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from focuslens.hooking import key_hook_name, query_hook_name, rotary
+from focuslens.hooking import attention_scale, key_hook_name, query_hook_name, rotary
 from focuslens.scores import _FIRST_DISTRACTOR, _OTHER, _REL, _SINK
 from focuslens.spans import TokenizedPrompt
 
@@ -218,7 +218,7 @@ class _KeysCollector(_Collector):
                 past = self.cache[layer].past_keys[0].to(keys.device, keys.dtype)
                 keys = torch.cat([past, keys])
             q = torch.cat(self.queries.pop(layer))
-            scale = float(self.model.blocks[layer].attn.attn_scale)
+            scale = attention_scale(self.model, layer)
             self.out[layer] = span_mass_from_keys(
                 q, self.rows.to(q.device), keys, self.labels, self.n_masks, scale
             )

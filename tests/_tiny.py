@@ -176,3 +176,14 @@ def save_model_folder(model: HookedTransformer, folder) -> None:
     state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
     save_file(state, str(folder / "model.safetensors"))
     model.tokenizer.backend_tokenizer.save(str(folder / "tokenizer.json"))
+
+
+def demo_model_missing() -> str | None:
+    """Why the shipped demo model cannot be loaded here, or None when it can."""
+    try:
+        from focuslens.demo import load_demo_model
+
+        load_demo_model()
+    except Exception as exc:  # noqa: BLE001 - any reason means: no demo model here
+        return f"{type(exc).__name__}: {exc}"
+    return None

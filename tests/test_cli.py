@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from _tiny import save_model_folder, tiny_model
+from _tiny import demo_model_missing, save_model_folder, tiny_model
 from test_scores import make_prompts
 
 from focuslens import ContextualScores, contextual_scores
@@ -169,19 +169,9 @@ def test_scores_learn_eval_steer_report_through_files(capsys, tmp_path, files):
         assert f"<h2>{title}</h2>" in html
 
 
-def _demo_missing() -> str | None:
-    try:
-        from focuslens.demo import load_demo_model
-
-        load_demo_model()
-    except Exception as exc:  # noqa: BLE001 - any reason means: no demo model here
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
 @pytest.mark.slow
 def test_demo_model_end_to_end_through_files(capsys, tmp_path):
-    missing = _demo_missing()
+    missing = demo_model_missing()
     if missing:
         pytest.skip(f"the demo model is not available ({missing})")
     from focuslens.demo import DISTRACTING_DOCS

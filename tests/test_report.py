@@ -18,7 +18,7 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
-from _tiny import tiny_model
+from _tiny import demo_model_missing, tiny_model
 from test_scores import make_prompts
 
 from focuslens.pipeline import RunFolder, stage_eval, stage_scores
@@ -181,20 +181,10 @@ def test_tiny_run_report_renders_in_chromium(tiny_run, tmp_path):
     assert result["tables"] >= 3
 
 
-def _demo_model_available() -> str | None:
-    try:
-        from focuslens.demo import load_demo_model
-
-        load_demo_model()
-    except Exception as exc:  # noqa: BLE001 - any reason means: no demo model here
-        return f"{type(exc).__name__}: {exc}"
-    return None
-
-
 @needs_chromium
 @pytest.mark.slow
 def test_demo_quick_report_renders_in_chromium(tmp_path):
-    missing = _demo_model_available()
+    missing = demo_model_missing()
     if missing:
         pytest.skip(f"the demo model is not available ({missing})")
     out = tmp_path / "demo"
