@@ -73,7 +73,11 @@ def run_case(case: str) -> dict[str, float]:
     import torch
 
     from focuslens import HeadAblation, Pasta, SplitSoftmax
-    from focuslens.attribution import ablation_effects, answer_prompts, attribution_patching
+    from focuslens.interventions.effects import (
+        ablation_effects,
+        answer_prompts,
+        attribution_patching,
+    )
 
     model, prompts = build()
     tps = answer_prompts(model, prompts)

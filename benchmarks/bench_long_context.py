@@ -12,7 +12,7 @@ peak-RSS counter is reset, and the measured call runs once. Compared, at each le
   (ratios are chunked / one-pass, measured in the same run);
 * the computed bytes of a full attention cache (every layer's pattern, what
   ``run_with_cache`` or ``output_attentions=True`` would hold) and of the KV cache;
-* ``focuslens.longctx.estimate_memory``, the model behind ``max_memory``.
+* ``focuslens.model.memory.estimate_memory``, the model behind ``max_memory``.
 
     python benchmarks/bench_long_context.py                      # 2k .. 32k, ~1 h on 2 cores
     python benchmarks/bench_long_context.py --lengths 2048 4096  # quick
@@ -125,7 +125,7 @@ def run_case(case: str, n_tokens: int, chunk_size: int, scores_from: str) -> dic
         options = {"chunk_size": chunk_size, "scores_from": scores_from}
 
         def score(p):
-            from focuslens.longctx import chunked_contextual_scores
+            from focuslens.scores.chunked import chunked_contextual_scores
 
             return chunked_contextual_scores(model, [p], **options)
     else:
@@ -176,7 +176,7 @@ def main() -> None:
 
 
 def report(args) -> None:
-    from focuslens.longctx import attention_cache_bytes, estimate_memory, kv_cache_bytes
+    from focuslens.model.memory import attention_cache_bytes, estimate_memory, kv_cache_bytes
 
     shape = SimpleNamespace(cfg=config())  # the memory model needs only the config
     gib, mib = 2**30, 2**20

@@ -34,15 +34,15 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from focuslens.directions import FocusDirections, ModelShape  # noqa: E402
-from focuslens.evaluate import generate_greedy  # noqa: E402
-from focuslens.learn import (  # noqa: E402
+from focuslens.directions.learn import (  # noqa: E402
     _batch_rows,
     _pad,
     cache_attention_inputs,
     cached_batch_mass,
     train_layer,
 )
-from focuslens.scores import prepare, span_mass  # noqa: E402
+from focuslens.model.generation import generate_greedy  # noqa: E402
+from focuslens.scores.reduce import prepare, span_mass  # noqa: E402
 
 
 def demo_or_tiny(n_layers: int | None = None) -> tuple[Any, str]:
@@ -121,7 +121,7 @@ def random_directions(model: Any) -> FocusDirections:
 
 # ---------------------------------------------------------------------------- generation
 def bench_generation(args: argparse.Namespace, large: bool = False) -> None:
-    from focuslens.spans import tokenize_prompt
+    from focuslens.prompts.spans import tokenize_prompt
 
     model, name = gpt2_small_shaped() if large else demo_or_tiny()
     prompt = prompts_for(model, name, 1, args.docs)[0]

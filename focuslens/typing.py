@@ -6,6 +6,8 @@ Dimension names follow TransformerLens (``batch``, ``pos``, ``head_index``,
 
 from __future__ import annotations
 
+from typing import Literal
+
 from jaxtyping import Float, Int
 from torch import Tensor
 
@@ -26,6 +28,10 @@ Keys = Float[Tensor, "batch pos kv_head_index d_head"]
 Tokens = Int[Tensor, "batch pos"]
 Direction = Float[Tensor, "head_index d_head"]
 
+QueryRows = Literal["response", "predict", "last"]
+"""Which query rows a score reads: the response tokens, the rows predicting them, or the last
+prompt token (see :mod:`focuslens.scores`)."""
+
 Span = tuple[int, int]
 """A half-open range ``(start, end)``: characters of a prompt's text, or token positions."""
 
@@ -37,6 +43,7 @@ __all__ = [
     "Pattern",
     "PerExampleHeadTable",
     "Queries",
+    "QueryRows",
     "Span",
     "Tokens",
 ]

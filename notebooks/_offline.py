@@ -73,7 +73,7 @@ def tiny_model(
 ):
     """A small random ``HookedTransformer`` of the Llama family's architecture (RMSNorm,
     rotary embeddings, grouped-query attention, gated MLP), with a BPE tokenizer that
-    has a chat template: what ``focuslens.models.load_model("Qwen/...")`` gives, shrunk.
+    has a chat template: what ``focuslens.model.loading.load_model("Qwen/...")`` gives, shrunk.
     """
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformers import PreTrainedTokenizerFast

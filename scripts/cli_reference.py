@@ -21,7 +21,7 @@ INTRO = """\
 
 The `focuslens` command runs the paper's experiment as stages that read and write one
 *run folder*, and assembles the results into one self-contained HTML report. Each stage
-is a thin layer over a function of `focuslens.pipeline`, so what the command does, a
+is a thin layer over a function of `focuslens.app.run`, so what the command does, a
 notebook can do step by step (see the [tutorials](notebooks.md)).
 
 ```bash
@@ -44,7 +44,7 @@ def _help(parser: argparse.ArgumentParser) -> str:
 def render() -> str:
     """The page: the introduction, then ``--help`` of the command and each subcommand."""
     os.environ["COLUMNS"] = "100"  # argparse wraps to the terminal width: fix it
-    from focuslens.cli import build_parser
+    from focuslens.app.cli import build_parser
 
     parser = build_parser()
     parts = [INTRO, "## focuslens\n", "```text\n" + _help(parser) + "```\n"]

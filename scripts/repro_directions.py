@@ -22,8 +22,8 @@ import torch
 
 import focuslens
 from focuslens.demo import DISTRACTING_DOCS, load_demo_model
+from focuslens.directions.learn import direction_cosine
 from focuslens.heads import random_heads, str_head
-from focuslens.learn import direction_cosine
 from focuslens.tasks import synthetic_retrieval
 
 ALPHAS: list[Any] = [-0.5, -0.2, 0.0, 0.1, 0.2, 0.3, 0.5, 1.0, "auto"]

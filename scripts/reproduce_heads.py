@@ -54,10 +54,10 @@ def main() -> None:
     args = parser.parse_args()
 
     import focuslens
-    from focuslens.attribution import ablation_effects, attribution_patching
     from focuslens.demo import DISTRACTING_DOCS, load_demo_model
     from focuslens.heads import rank_correlation, top_k
     from focuslens.interventions import Pasta
+    from focuslens.interventions.effects import ablation_effects, attribution_patching
     from focuslens.tasks import synthetic_retrieval
 
     torch.manual_seed(0)

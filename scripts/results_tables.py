@@ -83,8 +83,8 @@ def card_tables(m: dict | None = None) -> dict[str, str]:
 
 def run_tables(run_dir: str | Path) -> dict[str, str]:
     """One table per prompt set of a run folder: condition, accuracy, interval, attention."""
-    from focuslens.pipeline import RunFolder
-    from focuslens.story import condition_table
+    from focuslens.app.run import RunFolder
+    from focuslens.app.story import condition_table
 
     evals = RunFolder(run_dir).evals()
     out = {}

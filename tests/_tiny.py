@@ -137,7 +137,7 @@ def random_text(rng: torch.Generator, n_words: int) -> str:
 def labeled_prompts(n: int, *, seed: int = 0, n_docs: int = 4, response: bool = True) -> list:
     """``n`` word-tokenizer prompts of different lengths and gold positions, each with a
     teacher-forced response of 1-3 words (or none), which is also the gold answer."""
-    from focuslens.spans import LabeledPrompt
+    from focuslens.prompts.spans import LabeledPrompt
 
     rng = torch.Generator().manual_seed(seed)
     prompts = []

@@ -8,15 +8,15 @@ import torch
 from _tiny import labeled_prompts, tiny_model
 
 from focuslens import tokenize_prompt
-from focuslens.attribution import (
+from focuslens.heads import rank_correlation
+from focuslens.interventions import head_means
+from focuslens.interventions.effects import (
     HeadEffects,
     ablation_effects,
     answer_logprob,
     attribution_patching,
     joint_ablation_effect,
 )
-from focuslens.heads import rank_correlation
-from focuslens.interventions import head_means
 
 
 def logprob_by_hand(model, prompt, fwd_hooks=()):

@@ -8,7 +8,7 @@ import torch
 from _tiny import random_text, tiny_model, word_tokenizer
 
 from focuslens import LabeledPrompt, contextual_scores, tokenize_prompt
-from focuslens.models import BackendError, check_backend, load_model
+from focuslens.model.loading import BackendError, check_backend, load_model
 
 
 @pytest.fixture(scope="module")

@@ -10,9 +10,9 @@ from _tiny import demo_model_missing, save_model_folder, tiny_model
 from test_scores import make_prompts
 
 from focuslens import ContextualScores, contextual_scores
-from focuslens.cli import main
-from focuslens.pipeline import RunFolder
-from focuslens.prompt_files import read_prompts, write_prompts
+from focuslens.app.cli import main
+from focuslens.app.run import RunFolder
+from focuslens.tasks.files import read_prompts, write_prompts
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -150,7 +150,7 @@ def test_scores_learn_eval_steer_report_through_files(capsys, tmp_path, files):
     evals = RunFolder(out).evals()
     assert sorted(set(evals.condition)) == sorted([*names, "steer top-2 alpha=0.5"])
     assert set(evals.data) == {"test"} and (evals.groupby("condition").size() == 4).all()
-    from focuslens.evaluate import evaluate
+    from focuslens.evaluation.accuracy import evaluate
 
     direct = evaluate(model, read_prompts(test), max_new_tokens=2, progress=False)
     baseline = evals[evals.condition == "baseline"]

@@ -13,16 +13,16 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from focuslens import LabeledPrompt, contextual_scores
 from focuslens.directions import FocusDirections, ModelShape
-from focuslens.evaluate import generate_greedy
-from focuslens.learn import (
+from focuslens.directions.learn import (
     cache_attention_inputs,
     closed_form_gradient,
     layer_mass,
     learn_focus_directions,
     with_responses,
 )
-from focuslens.scores import prepare
-from focuslens.spans import tokenize_prompt
+from focuslens.model.generation import generate_greedy
+from focuslens.prompts.spans import tokenize_prompt
+from focuslens.scores.reduce import prepare
 
 RELEASE = Path("/work/shared/reference/focus_direction_release")
 LLAMA = RELEASE / "head_features/meta-llama_Llama-3.2-3B-Instruct/direction_relevant"
@@ -38,7 +38,7 @@ def planted_model(c: float = 6.0, seed: int = 0):
     """One attention-only layer without positions or norms, so a key depends on its token
     only. The marker token's key (head 1) is ``c * u`` and every other key and every query
     is orthogonal to ``u``: raising the marker's attention means moving ``d_q`` along
-    ``u``. ``u`` has entries ``+-1/sqrt(d_head)`` (see the Adam note in focuslens.learn)."""
+    ``u``. ``u`` has entries ``+-1/sqrt(d_head)`` (see the Adam note in focuslens.directions.learn)."""
     tok = word_tokenizer()
     cfg = HookedTransformerConfig(
         n_layers=1,

@@ -9,18 +9,16 @@ import torch
 from _tiny import WORDS, bpe_tokenizer, tiny_model, word_tokenizer
 
 from focuslens import LabeledPrompt, tokenize_prompt
-from focuslens.evaluate import (
+from focuslens.evaluation.accuracy import EvalResult, evaluate
+from focuslens.evaluation.metrics import (
     METRICS,
-    EvalResult,
-    Intervention,
     best_subspan_em,
-    evaluate,
     exact_match,
-    find_stop,
-    generate_greedy,
     get_metric,
     normalize_answer,
 )
+from focuslens.interventions.base import Intervention
+from focuslens.model.generation import find_stop, generate_greedy
 from focuslens.tasks.qa import qa_prompt
 
 
@@ -410,7 +408,7 @@ def test_allocation_reads_the_generated_tokens_not_a_re_tokenisation():
     """With a byte-level BPE, a random model's answer does not survive decode + encode
     (the test checks that it does not); the attention is measured on the answer rows the
     model actually generated."""
-    from focuslens.generation import answer_tokens, generate_greedy
+    from focuslens.model.generation import answer_tokens, generate_greedy
 
     model = tiny_model("rotary", tokenizer=bpe_tokenizer())
     docs = [("Paris", "the quick brown fox"), ("France", "jumps over the lazy dog")]
@@ -446,7 +444,7 @@ def test_allocation_reads_the_generated_tokens_not_a_re_tokenisation():
 
 
 def test_answer_tokens_leave_out_the_stop():
-    from focuslens.generation import Generation, answer_tokens
+    from focuslens.model.generation import Generation, answer_tokens
 
     tok = tiny_model("rotary").tokenizer
     ids = tok("w3 w4", add_special_tokens=False)["input_ids"]

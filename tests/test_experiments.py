@@ -10,7 +10,7 @@ import pytest
 from _tiny import labeled_prompts, tiny_model
 
 from focuslens import contextual_scores, evaluate
-from focuslens.experiments import CONDITIONS, contextual_head_experiment
+from focuslens.evaluation.experiments import CONDITIONS, contextual_head_experiment
 from focuslens.heads import HeadSet, top_k
 from focuslens.interventions import SplitSoftmax
 

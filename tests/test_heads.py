@@ -20,7 +20,8 @@ from focuslens.heads import (
     ranked,
     top_k,
 )
-from focuslens.scores import KINDS, ContextualScores
+from focuslens.scores import ContextualScores
+from focuslens.scores.result import KINDS
 
 
 def scores_from(table: torch.Tensor) -> ContextualScores:

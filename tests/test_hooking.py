@@ -8,7 +8,7 @@ from _tiny import tiny_model
 from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
 from focuslens.heads import HeadSet, ranked_from_json
-from focuslens.hooking import PositionTracker, absolute_query_positions, query_row_mask
+from focuslens.model.hooks import PositionTracker, absolute_query_positions, query_row_mask
 
 
 def test_position_tracker_sees_the_cache_offset():

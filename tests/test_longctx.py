@@ -10,20 +10,20 @@ from _tiny import tiny_model
 from test_scores import make_prompts, naive_scores
 
 from focuslens import contextual_scores, tokenize_prompt
-from focuslens.hooking import query_hook_name
-from focuslens.longctx import (
+from focuslens.model.hooks import query_hook_name
+from focuslens.model.memory import (
     attention_cache_bytes,
     chunk_bounds,
     chunk_size_for,
-    chunked_contextual_scores,
-    chunked_forward,
     estimate_memory,
     kv_cache_bytes,
-    new_cache,
     parse_memory,
 )
-from focuslens.scores import KINDS, span_masks
-from focuslens.spanmass import span_labels, span_mass_from_keys
+from focuslens.model.prefill import chunked_forward, new_cache
+from focuslens.scores.chunked import chunked_contextual_scores
+from focuslens.scores.reduce import span_masks
+from focuslens.scores.result import KINDS
+from focuslens.scores.spanmass import span_labels, span_mass_from_keys
 
 
 def assert_scores_close(a, b, atol=1e-5):
@@ -242,7 +242,7 @@ def test_scores_under_interventions_pick_the_right_route():
 
 @pytest.mark.slow
 def test_focuslens_steering_and_oracles_through_chunked_prefill():
-    steering = pytest.importorskip("focuslens.steering")
+    steering = pytest.importorskip("focuslens.directions.steering")
     interventions = pytest.importorskip("focuslens.interventions")
     from focuslens.directions import FocusDirections, ModelShape
 
@@ -392,7 +392,7 @@ def test_the_estimate_bounds_the_recorded_benchmark_and_the_docs_quote_it():
 @pytest.mark.parametrize("n_tokens", [10, 100, 1001])
 def test_synthetic_prompts_of_a_requested_length(n_tokens):
     pytest.importorskip("focuslens.tasks.synthetic")
-    from focuslens.longctx import synthetic_retrieval_of_length
+    from focuslens.tasks.lengths import synthetic_retrieval_of_length
 
     prompts = synthetic_retrieval_of_length(3, n_tokens=n_tokens, seed=1, gold_position="last")
     for p in prompts:
@@ -405,7 +405,7 @@ def test_synthetic_prompts_of_a_requested_length(n_tokens):
 
 def test_synthetic_lengths_out_of_reach_are_refused():
     pytest.importorskip("focuslens.tasks.synthetic")
-    from focuslens.longctx import synthetic_retrieval_of_length
+    from focuslens.tasks.lengths import synthetic_retrieval_of_length
 
     with pytest.raises(ValueError, match="n_tokens=5 is too short"):
         synthetic_retrieval_of_length(1, n_tokens=5)
@@ -433,7 +433,7 @@ def test_qa_prompts_of_a_requested_length_score_the_same_chunked():
 
 
 def test_greedy_generation_after_a_chunked_prefill_is_the_same():
-    from focuslens.generation import generate_greedy
+    from focuslens.model.generation import generate_greedy
 
     model = tiny_model("rotary")
     tp = tokenize_prompt(model, make_prompts(1)[0])

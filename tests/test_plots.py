@@ -11,9 +11,9 @@ from _tiny import tiny_model
 from test_scores import make_prompts
 
 from focuslens import LabeledPrompt, contextual_scores, plots, tokenize_prompt
-from focuslens.attention import attention_map_data
-from focuslens.curves import accuracy_table, allocation_table, wilson_interval
-from focuslens.evaluate import EvalResult, evaluate
+from focuslens.evaluation.accuracy import EvalResult, evaluate
+from focuslens.evaluation.curves import accuracy_table, allocation_table, wilson_interval
+from focuslens.scores.attention import attention_map_data
 
 HEADS = [(1, 2), (0, 1)]
 
@@ -192,7 +192,7 @@ def test_attention_map_data_is_pure_and_leaves_no_hooks(model, prompts):
 
 
 def test_attention_map_save_load_round_trip(model, prompts, tmp_path):
-    from focuslens.attention import AttentionMap
+    from focuslens.scores.attention import AttentionMap
 
     amap = attention_map_data(model, prompts[2], HEADS).window(3, 20)
     amap.save(tmp_path / "a.safetensors")

@@ -21,9 +21,9 @@ import pytest
 from _tiny import demo_model_missing, tiny_model
 from test_scores import make_prompts
 
-from focuslens.pipeline import RunFolder, stage_eval, stage_scores
-from focuslens.report import Report, table_html
-from focuslens.story import build_report
+from focuslens.app.run import RunFolder, stage_eval, stage_scores
+from focuslens.app.story import build_report
+from focuslens.plots.report import Report, table_html
 
 ROOT = Path(__file__).resolve().parents[1]
 ARTIFACTS = ROOT / "artifacts"
@@ -190,7 +190,16 @@ def test_demo_quick_report_renders_in_chromium(tmp_path):
     out = tmp_path / "demo"
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "focuslens.cli", "demo", "--quick", "--quiet", "--out", str(out)],
+        [
+            sys.executable,
+            "-m",
+            "focuslens.app.cli",
+            "demo",
+            "--quick",
+            "--quiet",
+            "--out",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         env=env,
@@ -210,7 +219,7 @@ def test_demo_quick_report_renders_in_chromium(tmp_path):
 
 
 def test_compare_uses_non_overlapping_wilson_intervals():
-    from focuslens.story import compare
+    from focuslens.app.story import compare
 
     def frame(hits, n):
         return pd.DataFrame({"correct": [True] * hits + [False] * (n - hits)})

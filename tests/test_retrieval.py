@@ -7,7 +7,7 @@ import torch
 from _tiny import labeled_prompts, tiny_model
 
 from focuslens import tokenize_prompt
-from focuslens.retrieval import retrieval_scores
+from focuslens.scores.retrieval import retrieval_scores
 
 
 def copy_prompts(n: int):

@@ -28,7 +28,7 @@ def make_prompts(n: int, seed: int = 0, n_docs: int = 4) -> list[LabeledPrompt]:
 
 def naive_scores(model, prompts, query="response", sink=2):
     """The oracle: one unbatched run_with_cache per prompt, sums over the full patterns."""
-    out = {k: [] for k in focuslens.scores.KINDS}
+    out = {k: [] for k in focuslens.scores.result.KINDS}
     for p in prompts:
         tp = tokenize_prompt(model, p)
         _, cache = model.run_with_cache(
@@ -76,7 +76,7 @@ def test_batched_equals_unbatched():
     prompts = make_prompts(6)
     one = contextual_scores(model, prompts, batch_size=1)
     many = contextual_scores(model, prompts, batch_size=6)
-    for k in focuslens.scores.KINDS:
+    for k in focuslens.scores.result.KINDS:
         torch.testing.assert_close(one.per_example[k], many.per_example[k], atol=1e-6, rtol=0)
 
 
@@ -92,14 +92,14 @@ def test_query_conventions_differ_by_one_row():
     assert not torch.allclose(response.relevant, predict.relevant, atol=1e-4)
     # In general the rows are the same set shifted by exactly one position.
     tp = tokenize_prompt(model, make_prompts(1)[0].with_response("w5 w6 w7"))
-    response_rows = focuslens.scores.query_rows(tp, "response")
-    assert focuslens.scores.query_rows(tp, "predict") == [r - 1 for r in response_rows]
+    response_rows = focuslens.scores.reduce.query_rows(tp, "response")
+    assert focuslens.scores.reduce.query_rows(tp, "predict") == [r - 1 for r in response_rows]
     assert response_rows == list(range(tp.n_prompt, tp.n_prompt + 3))
 
 
 def test_top_heads_are_sorted_with_deterministic_ties():
     table = torch.tensor([[0.1, 0.5], [0.5, 0.2]])
-    per = {k: table[None] for k in focuslens.scores.KINDS}
+    per = {k: table[None] for k in focuslens.scores.result.KINDS}
     scores = ContextualScores.from_per_example(per)
     assert scores.top_heads(3) == [(0, 1), (1, 0), (1, 1)]
     with pytest.raises(ValueError, match="k must be between 1 and 4"):
@@ -116,7 +116,7 @@ def test_dataframe_and_save_load_round_trip(tmp_path):
     assert row == pytest.approx(float(scores.sink[1, 2]))
     scores.save(tmp_path / "s.safetensors")
     back = ContextualScores.load(tmp_path / "s.safetensors")
-    for k in focuslens.scores.KINDS:
+    for k in focuslens.scores.result.KINDS:
         assert torch.equal(back[k], scores[k])
     assert back.query == scores.query and back.n_sink == scores.n_sink
     (tmp_path / "bad.safetensors").write_bytes(b"not a file")

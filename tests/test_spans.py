@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from focuslens import LabeledPrompt, tokenize_prompt
-from focuslens.spans import char_to_token_span
+from focuslens.prompts.spans import char_to_token_span
 
 INSTR = "w100 w101 w102"
 

@@ -12,8 +12,8 @@ from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 import focuslens
 from focuslens import LabeledPrompt
 from focuslens.directions import FocusDirections, ModelShape
-from focuslens.magnitude import STATISTICS, AutoAlpha, bisect_alpha
-from focuslens.steering import Steering, steer
+from focuslens.directions.magnitude import STATISTICS, AutoAlpha, bisect_alpha
+from focuslens.directions.steering import Steering, steer
 
 KINDS = ["gpt2", "rotary", "gqa"]
 HEADS = [(0, 1), (1, 0), (1, 3)]

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from focuslens.spans import LabeledPrompt, tokenize_prompt
+from focuslens.prompts.spans import LabeledPrompt, tokenize_prompt
 
 
 def _normalise(text: str) -> str:

@@ -17,7 +17,7 @@ from typing import Any
 import pandas as pd
 
 from focuslens.tasks import synthetic as syn
-from focuslens.tasks import synthetic_retrieval
+from focuslens.tasks.synthetic import synthetic_retrieval
 
 CARD_SEED = 1000
 """Seed of the card's prompts (``seed = CARD_SEED + n_documents``)."""
@@ -53,7 +53,7 @@ def predictions(model, prompts: Sequence) -> pd.DataFrame:
     :mod:`focuslens.demo._measure` where that is not available.
     """
     try:
-        from focuslens.evaluate import evaluate
+        from focuslens.evaluation.accuracy import evaluate
     except ImportError:  # pragma: no cover - only before focuslens.evaluate existed
         from focuslens.demo._measure import exact_match, greedy_answers
 
@@ -126,7 +126,7 @@ def head_table(
         ``[DOC``) and ``gold_only_relevant`` (mass on the document of the gold-only
         prompt); sorted by ``relevant``, best first.
     """
-    from focuslens.scores import contextual_scores
+    from focuslens.scores.contextual import contextual_scores
 
     prompts = synthetic_retrieval(n, n_documents=n_documents, seed=seed + n_documents)
     scores = contextual_scores(model, prompts, query=query, sink=2)

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from focuslens.spans import LabeledPrompt
+from focuslens.prompts.spans import LabeledPrompt
 from focuslens.tasks.qa import QAFormat, check_document, qa_prompt
 
 _MAX_META_STR = 200

@@ -36,7 +36,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-from focuslens.spans import (
+from focuslens.prompts.spans import (
     DEFAULT_DOC_BODY,
     DEFAULT_DOC_PREFIX,
     DEFAULT_INSTRUCTION,

@@ -45,7 +45,7 @@ import numbers
 import random
 from collections.abc import Sequence
 
-from focuslens.spans import LabeledPrompt, assemble
+from focuslens.prompts.spans import LabeledPrompt, assemble
 
 N_KEY_WORDS = 64
 """Number of key words ``k0 .. k63``."""

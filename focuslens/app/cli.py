@@ -1,0 +1,458 @@
+"""The focuslens command.
+
+Quick start (offline, on the shipped demo model):
+
+    focuslens demo                 # the whole story, about 80 s on 2 idle cores
+    open focuslens-out/report.html
+
+Step by step, on any model TransformerLens can load (a name whose weights are in the
+local Hugging Face cache, a local model folder, or "demo"), through one run folder:
+
+    focuslens data synthetic --n 200 --n-documents 48 --seed 0 --out train.jsonl
+    focuslens data synthetic --n 100 --n-documents 48 --seed 1 --out test.jsonl
+    focuslens scores --model demo --data train.jsonl --out run/ --k 2
+    focuslens learn  --model demo --data train.jsonl --out run/
+    focuslens eval   --model demo --data test.jsonl --out run/ --gold-only --split-softmax 0.1 --random-heads
+    focuslens steer  --model demo --data test.jsonl --out run/ --alpha -0.5 0.5 1 auto --random-heads
+    focuslens report run/
+
+Prompt files are JSON Lines: the "documents" form that `focuslens data` writes, the
+"labeled" form, or HELMET / lost-in-the-middle QA records (focuslens.tasks.files
+describes them). Each stage writes its results into the run folder (--out), where the
+next one reads them: scores.safetensors, heads.json, attention.safetensors,
+effects.safetensors, directions.safetensors, evals.jsonl, settings.json; `focuslens
+report` turns the folder into one self-contained HTML page. Errors are printed as one
+line naming the problem, with exit status 1 (2 for a bad command line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from focuslens.app.run import RunFolder
+
+
+class CommandError(Exception):
+    """An error to print as ``focuslens: error: ...`` with exit status 1."""
+
+
+# ---------------------------------------------------------------------- loading
+def load_model(spec: str, *, dtype: str = "float32", device: str = "cpu") -> Any:
+    """:func:`focuslens.app.run.load_any_model`, its errors as :class:`CommandError`."""
+    from focuslens.app.run import load_any_model
+
+    try:
+        return load_any_model(spec, dtype=dtype, device=device)
+    except ModuleNotFoundError as exc:
+        raise CommandError(f"cannot load {spec!r}: {exc} (is focuslens fully installed?)") from None
+    except (ValueError, RuntimeError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _prompts(args: argparse.Namespace) -> list:
+    from focuslens.tasks.files import read_prompts
+
+    try:
+        return read_prompts(args.data, args.format, limit=args.limit)
+    except (ValueError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+
+
+def _heads(args: argparse.Namespace, run: RunFolder) -> list[tuple[int, int]]:
+    from focuslens.heads import ranked_from_json
+
+    try:
+        heads = ranked_from_json(args.heads) if args.heads else run.heads()
+    except (ValueError, FileNotFoundError) as exc:
+        raise CommandError(str(exc)) from None
+    return heads[: args.k] if args.k else heads
+
+
+def _directions(args: argparse.Namespace, run: RunFolder, model: Any) -> Any:
+    from focuslens.directions.core import FocusDirections
+
+    path = Path(args.directions) if args.directions else run.path("directions")
+    if not path.is_file():
+        raise CommandError(f"{path} does not exist; run `focuslens learn --out {run.folder}` first")
+    try:
+        return FocusDirections.load(path, model)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_data(args: argparse.Namespace) -> None:
+    from focuslens.tasks.files import write_prompts
+    from focuslens.tasks.synthetic import synthetic_retrieval
+
+    gold: Any = int(args.gold_position) if args.gold_position.isdigit() else args.gold_position
+    try:
+        prompts = synthetic_retrieval(
+            args.n,
+            n_documents=args.n_documents,
+            gold_position=gold,
+            absent=args.absent,
+            seed=args.seed,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"wrote {len(prompts)} prompts to {write_prompts(prompts, args.out)}")
+
+
+def cmd_scores(args: argparse.Namespace) -> None:
+    from focuslens.app.run import stage_scores
+
+    model, prompts, run = _setup(args)
+    try:
+        scores = stage_scores(
+            model,
+            prompts,
+            run,
+            k=args.k,
+            query=args.query,
+            sink=args.sink,
+            batch_size=args.batch_size,
+            response=args.response,
+            progress=not args.quiet,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    if args.effects:
+        from focuslens.app.run import stage_effects
+
+        try:
+            stage_effects(model, prompts[: args.effects], run, batch_size=args.batch_size)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        print(f"wrote {run.path('effects')}")
+    top = ", ".join(f"L{l}H{h} {float(scores.relevant[l, h]):.3f}" for l, h in run.heads())
+    print(f"top {args.k} contextual heads: {top}")
+    print(f"wrote {run.path('scores')} and {run.path('heads')}")
+
+
+def cmd_learn(args: argparse.Namespace) -> None:
+    from focuslens.app.run import stage_learn
+
+    model, prompts, run = _setup(args)
+    heads = _heads(args, run)
+    try:
+        stage_learn(
+            model,
+            prompts,
+            run,
+            heads=heads,
+            epochs=args.epochs,
+            lr=args.lr,
+            method=args.method,
+            seed=args.seed,
+            progress=not args.quiet,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    print(f"wrote {run.path('directions')}")
+
+
+def _condition(model, prompts, run, args, **kw) -> None:
+    from focuslens.app.run import stage_eval
+
+    try:
+        result = stage_eval(
+            model,
+            prompts,
+            run,
+            max_new_tokens=args.max_new_tokens,
+            data=args.label or Path(args.data).stem,
+            progress=not args.quiet,
+            **kw,
+        )
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+    from focuslens.app.run import condition_name
+
+    name = condition_name(
+        kw.get("kind", "baseline"),
+        kw.get("head_set", ""),
+        kw.get("k"),
+        tau=kw.get("tau"),
+        alpha=kw.get("alpha"),
+    )
+    print(f"{name}: accuracy {result.accuracy:.3f} (n={result.n})")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from focuslens.app.run import random_control
+
+    model, prompts, run = _setup(args)
+    heads = _heads(args, run) if (args.split_softmax or args.heads or run.has("heads")) else None
+    _condition(model, prompts, run, args, measure_heads=heads)
+    if args.gold_only:
+        _condition(model, prompts, run, args, kind="gold_only", measure_heads=heads)
+    if args.split_softmax:
+        from focuslens.interventions.oracles import SplitSoftmax
+
+        sets = {"top": heads}
+        if args.random_heads:
+            sets["random"] = random_control(model, heads, seed=args.seed)
+        for tau in args.split_softmax:
+            for name, chosen in sets.items():
+                _condition(
+                    model,
+                    prompts,
+                    run,
+                    args,
+                    kind="split_softmax",
+                    head_set=name,
+                    k=len(heads),
+                    tau=tau,
+                    intervention=SplitSoftmax(chosen, tau),
+                    measure_heads=heads,
+                )
+    print(f"wrote {run.path('evals')}")
+
+
+def cmd_steer(args: argparse.Namespace) -> None:
+    from focuslens.app.run import random_control
+
+    model, prompts, run = _setup(args)
+    heads = _heads(args, run)
+    directions = _directions(args, run, model)
+    sets = {"top": heads}
+    if args.random_heads:
+        sets["random"] = random_control(model, heads, seed=args.seed)
+    for alpha in args.alpha:
+        for name, chosen in sets.items():
+            _condition(
+                model,
+                prompts,
+                run,
+                args,
+                kind="steering",
+                head_set=name,
+                k=len(heads),
+                alpha=alpha,
+                intervention=directions.steering(chosen, alpha),
+                measure_heads=heads,
+            )
+    print(f"wrote {run.path('evals')}")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    from focuslens.app.story import build_report, headline
+
+    try:
+        report = build_report(args.run, title=args.title)
+    except FileNotFoundError as exc:
+        raise CommandError(str(exc)) from None
+    out = report.save(args.out or Path(args.run) / "report.html")
+    for key, value in headline(args.run).items():
+        print(f"  {key}: {value}")
+    print(f"report: {out}")
+
+
+def cmd_demo(args: argparse.Namespace) -> None:
+    from focuslens.app.demo import run_demo
+
+    start = time.perf_counter()
+    try:
+        numbers = run_demo(
+            args.out,
+            quick=args.quick,
+            model=args.model,
+            seed=args.seed,
+            progress=not args.quiet,
+            threads=args.threads,
+            echo=print,
+        )
+    except (FileNotFoundError, ValueError, RuntimeError) as exc:
+        raise CommandError(str(exc)) from None
+    for key, value in numbers.items():
+        print(f"  {key}: {value}")
+    print(f"report: {Path(args.out) / 'report.html'}  ({time.perf_counter() - start:.0f} s)")
+
+
+def _setup(args: argparse.Namespace) -> tuple[Any, list, RunFolder]:
+    prompts = _prompts(args)  # read the data first: a bad file fails before a slow load
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
+    model = load_model(args.model, dtype=args.dtype, device=args.device)
+    return model, prompts, RunFolder(args.out)
+
+
+# ---------------------------------------------------------------------- parser
+def _alpha(text: str) -> float | str:
+    if text == "auto":
+        return "auto"
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"alpha must be a number or 'auto', got {text!r}"
+        ) from None
+
+
+def _model_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("model and data")
+    g.add_argument(
+        "--model",
+        default="demo",
+        help="'demo', a TransformerLens model name (weights in the local Hugging "
+        "Face cache when offline) or a local model folder (default: demo)",
+    )
+    g.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    g.add_argument("--device", default="cpu", help="torch device (default: cpu)")
+    g.add_argument("--data", required=True, help="prompts, JSON Lines (see `focuslens --help`)")
+    g.add_argument(
+        "--format",
+        default="auto",
+        choices=["auto", "documents", "labeled", "helmet", "lost_in_the_middle"],
+    )
+    g.add_argument("--limit", type=int, default=None, help="read at most this many prompts")
+    g.add_argument("--out", required=True, help="run folder for the results")
+    g.add_argument("--quiet", action="store_true", help="no progress bars")
+    g.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+
+
+def _heads_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--heads", help="JSON [[layer, head], ...] (default: OUT/heads.json)")
+    p.add_argument("--k", type=int, default=None, help="use the first k heads of the list")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="focuslens", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("demo", help="the whole story on the demo model, then a report")
+    p.add_argument("--out", default="focuslens-out", help="run folder (default: focuslens-out)")
+    p.add_argument("--quick", action="store_true", help="fewer prompts and settings (< 1 min)")
+    p.add_argument("--model", default="demo", help="model (default: the shipped demo model)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=1,
+        help="torch threads (default 1: fastest for the tiny demo model)",
+    )
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("data", help="write synthetic retrieval prompts for the demo model")
+    p.add_argument("task", choices=["synthetic"])
+    p.add_argument("--n", type=int, required=True, help="number of prompts")
+    p.add_argument("--n-documents", type=int, required=True)
+    p.add_argument(
+        "--gold-position", default="random", help="first, middle, last, random or an index"
+    )
+    p.add_argument("--absent", type=float, default=0.0, help="fraction of absent-key queries")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="JSONL file to write")
+    p.set_defaults(func=cmd_data)
+
+    p = sub.add_parser("scores", help="contextual scores and the top-k contextual heads")
+    _model_args(p)
+    p.add_argument("--k", type=int, default=2, help="number of contextual heads (default 2)")
+    p.add_argument("--query", default="response", choices=["response", "predict", "last"])
+    p.add_argument("--sink", type=int, default=2, help="leading positions counted as the sink")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument(
+        "--response",
+        default="auto",
+        choices=["auto", "given", "generated"],
+        help="response rows: the prompts' own, or generated greedily",
+    )
+    p.add_argument(
+        "--effects",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also ablate each head on the first N prompts (0: no)",
+    )
+    p.set_defaults(func=cmd_scores)
+
+    p = sub.add_parser("learn", help="learn focus directions for the contextual heads")
+    _model_args(p)
+    _heads_args(p)
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--method", default="learned", choices=["learned", "closed_form"])
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_learn)
+
+    for name, helptext in (
+        ("eval", "accuracy: baseline, gold-only, split-softmax"),
+        ("steer", "accuracy while steering with focus directions"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        _model_args(p)
+        _heads_args(p)
+        p.add_argument("--label", help="name of this prompt set in the report (default: file stem)")
+        p.add_argument("--max-new-tokens", type=int, default=None)
+        p.add_argument(
+            "--random-heads",
+            action="store_true",
+            help="also run the same number of random heads (the control)",
+        )
+        p.add_argument("--seed", type=int, default=0, help="seed of the random heads")
+        if name == "eval":
+            p.add_argument("--gold-only", action="store_true", help="also the gold-only prompts")
+            p.add_argument(
+                "--split-softmax",
+                type=float,
+                nargs="+",
+                metavar="TAU",
+                help="split-softmax on the heads with these tau",
+            )
+            p.set_defaults(func=cmd_eval)
+        else:
+            p.add_argument("--directions", help="default: OUT/directions.safetensors")
+            p.add_argument(
+                "--alpha",
+                type=_alpha,
+                nargs="+",
+                required=True,
+                help="steering strengths, numbers or 'auto'",
+            )
+            p.set_defaults(func=cmd_steer)
+
+    p = sub.add_parser("report", help="the HTML report of a run folder")
+    p.add_argument("run", help="run folder")
+    p.add_argument("--out", help="HTML file (default: RUN/report.html)")
+    p.add_argument("--title", default="focuslens report")
+    p.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status (0 ok, 1 error, 2 bad usage)."""
+    import torch
+
+    args = build_parser().parse_args(argv)
+    threads = torch.get_num_threads()
+    try:
+        args.func(args)
+    except CommandError as exc:
+        print(f"focuslens: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("focuslens: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        torch.set_num_threads(
+            threads
+        )  # --threads lasts one command (main is also called in-process)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
+
+
+__all__ = ["build_parser", "main"]

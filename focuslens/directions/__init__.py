@@ -1,0 +1,32 @@
+"""Focus directions: learn, save, load and steer with them.
+
+:class:`FocusDirections` holds ``d_q`` and ``d_k`` per layer; :func:`learn_focus_directions`
+learns them as the paper does; :func:`steer` adds them to the chosen heads while a context is
+open (``alpha="auto"`` picks the magnitude per prompt, :mod:`focuslens.directions.magnitude`).
+"""
+
+from focuslens.directions.core import FORMAT, FocusDirections, ModelShape, hook_point_for
+from focuslens.directions.learn import (
+    LEARNING_RESPONSES,
+    closed_form_gradient,
+    direction_cosine,
+    learn_focus_directions,
+)
+from focuslens.directions.magnitude import AutoAlpha
+from focuslens.directions.steering import DEFAULT_K, FORMS, Steering, steer
+
+__all__ = [
+    "FORMAT",
+    "FocusDirections",
+    "hook_point_for",
+    "ModelShape",
+    "LEARNING_RESPONSES",
+    "closed_form_gradient",
+    "direction_cosine",
+    "learn_focus_directions",
+    "DEFAULT_K",
+    "FORMS",
+    "steer",
+    "Steering",
+    "AutoAlpha",
+]

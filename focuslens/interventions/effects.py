@@ -1,0 +1,373 @@
+"""Do these heads matter for the answer? Ablation and attribution patching per head.
+
+The quantity is the log-probability of the gold answer, teacher-forced after the
+prompt: ``log p(answer | prompt) = sum over answer tokens t of log p(y_t | prompt, y_<t)``.
+A head's *effect* is how much that log-probability changes when the head's output
+(``hook_z``, its mix of values before ``W_O``) is replaced, at every position of the
+prompt and the answer (or only some, ``positions=``):
+
+* zero-ablation (``mode="zero"``): by zero;
+* mean-ablation (``mode="mean"``): by its mean over reference prompts
+  (:func:`focuslens.interventions.head_means`; by default the prompts themselves), which
+  keeps the head's average contribution and removes only what depends on the input.
+
+Negative effects mean the head helps the answer.
+
+Which one should you use?
+
+* :func:`ablation_effects` runs one forward pass per head (and batch): exact, but
+  ``n_layers * n_heads`` passes. Use it for a model with few heads or for a short list.
+* :func:`attribution_patching` estimates every head's effect from one forward and one
+  backward pass, by the first-order Taylor expansion (Nanda 2023; Syed et al. 2023)::
+
+      effect(l, h) ~ sum over positions p of  dlogp/dz[p, l, h] . (z_ref[l, h] - z[p, l, h])
+
+  It is exact for a head whose removal changes the answer's log-probability linearly,
+  and only a ranking aid otherwise: check it against :func:`ablation_effects` on a few
+  heads (:func:`focuslens.heads.rank_correlation`).
+* :func:`joint_ablation_effect` ablates a whole head set at once: "do the top-k
+  contextual heads matter together?"
+
+The answer: ``target="answer"`` (default) uses ``answer_prefix + prompt.answers[0]``
+(the prefix ``" "`` suits tokenizers that keep the space before a word, such as GPT-2's,
+and is dropped by whitespace-splitting tokenizers), ``target="response"`` the prompt's
+``response`` (for the synthetic task, the answer and its end marker).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from functools import partial
+from typing import Any
+
+import torch
+from jaxtyping import Float
+from torch import Tensor
+
+from focuslens.heads import HeadScores, HeadSet
+from focuslens.interventions.oracles import HeadAblation, head_means
+from focuslens.model import hooks as hooking
+from focuslens.prompts.spans import LabeledPrompt, TokenizedPrompt, tokenize_prompt
+
+
+@dataclass
+class HeadEffects(HeadScores):
+    """Per-head change of the gold answer's log-probability (ablated minus clean).
+
+    Attributes:
+        values: ``[n_layers, n_heads]`` mean effect over examples (NaN: head not measured).
+        per_example: ``[n_examples, n_layers, n_heads]`` effects.
+        name: ``"effect"`` (the value column of ``to_dataframe()``).
+        baseline: ``[n_examples]`` clean log-probability of each gold answer.
+        mode: ``"zero"`` or ``"mean"``.
+        method: ``"ablation"`` (exact) or ``"attribution"`` (first-order estimate).
+        positions: Query positions ablated: ``"all"``, ``"prompt"`` or ``"generated"``.
+    """
+
+    name: str = "effect"
+    baseline: Tensor | None = None
+    mode: str = "zero"
+    method: str = "ablation"
+    positions: str = "all"
+
+    def figure(self, *, top_k: int = 5, title: str | None = None) -> Any:
+        """Red-blue layer x head heatmap of the effects (:func:`focuslens.plots.head_effects`)."""
+        from focuslens import plots
+
+        return plots.head_effects(
+            self.values,
+            top_k=top_k,
+            label="change in log p(answer)",
+            title=title or f"{self.mode}-{self.method} effect of each head on log p(answer)",
+        )
+
+    def __repr__(self) -> str:
+        n = "?" if self.per_example is None else self.per_example.shape[0]
+        return (
+            f"HeadEffects(method={self.method!r}, mode={self.mode!r}, n_examples={n}, "
+            f"shape={tuple(self.values.shape)})"
+        )
+
+
+# ------------------------------------------------------------------ answer log-prob
+def answer_prompts(
+    model: Any,
+    prompts: Sequence[LabeledPrompt] | LabeledPrompt,
+    *,
+    target: str = "answer",
+    answer_prefix: str = " ",
+) -> list[TokenizedPrompt]:
+    """Tokenise each prompt followed by its gold answer (the teacher-forced target)."""
+    if isinstance(prompts, LabeledPrompt):
+        prompts = [prompts]
+    if len(prompts) == 0:
+        raise ValueError("no prompts given")
+    if target not in ("answer", "response"):
+        raise ValueError(f"target must be 'answer' or 'response', got {target!r}")
+    out = []
+    for i, p in enumerate(prompts):
+        if not isinstance(p, LabeledPrompt):
+            raise TypeError(f"prompt {i} is a {type(p).__name__}, expected a LabeledPrompt")
+        if target == "answer":
+            if not p.answers or not p.answers[0]:
+                raise ValueError(f"prompt {i} has no gold answer (answers={p.answers!r})")
+            p = p.with_response(answer_prefix + p.answers[0])
+        elif not p.response:
+            raise ValueError(f"prompt {i} has no response; target='response' needs one")
+        try:
+            tp = tokenize_prompt(model, p)
+        except ValueError as exc:
+            raise ValueError(f"prompt {i}: {exc}") from None
+        if tp.n_response == 0:
+            raise ValueError(f"prompt {i}: its target {p.response!r} has no tokens")
+        if len(tp) > model.cfg.n_ctx:
+            raise ValueError(
+                f"prompt {i} has {len(tp)} tokens with its answer, more than n_ctx="
+                f"{model.cfg.n_ctx}"
+            )
+        out.append(tp)
+    return out
+
+
+@dataclass(frozen=True)
+class _Batch:
+    index: slice
+    tokens: Tensor  # [batch, pos], right padded
+    rows: Tensor  # [batch, n_rows] positions that predict the answer tokens
+    targets: Tensor  # [batch, n_rows] the answer tokens
+    row_mask: Tensor  # [batch, n_rows]
+    n_prompt: Tensor  # [batch]
+    real: Tensor  # [batch, pos] 1 on real tokens
+
+
+def _batches(tps: list[TokenizedPrompt], batch_size: int) -> Iterator[_Batch]:
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for start in range(0, len(tps), batch_size):
+        chunk = tps[start : start + batch_size]
+        length = max(len(tp) for tp in chunk)
+        n_rows = max(tp.n_response for tp in chunk)
+        tokens = torch.zeros(len(chunk), length, dtype=torch.long)
+        rows = torch.zeros(len(chunk), n_rows, dtype=torch.long)
+        targets = torch.zeros(len(chunk), n_rows, dtype=torch.long)
+        row_mask = torch.zeros(len(chunk), n_rows)
+        real = torch.zeros(len(chunk), length)
+        for b, tp in enumerate(chunk):
+            n = tp.n_response
+            tokens[b, : len(tp)] = tp.tokens
+            rows[b, :n] = torch.arange(tp.n_prompt - 1, len(tp) - 1)
+            targets[b, :n] = tp.tokens[tp.n_prompt :]
+            row_mask[b, :n] = 1
+            real[b, : len(tp)] = 1
+        n_prompt = torch.tensor([tp.n_prompt for tp in chunk])
+        yield _Batch(
+            slice(start, start + len(chunk)), tokens, rows, targets, row_mask, n_prompt, real
+        )
+
+
+def _logprob(model: Any, batch: _Batch) -> Float[Tensor, " batch"]:
+    """Sum of the answer tokens' log-probabilities, one per prompt of the batch."""
+    device = next(model.parameters()).device
+    logits = model(batch.tokens.to(device))
+    rows = batch.rows.to(logits.device)
+    picked = logits.gather(1, rows[:, :, None].expand(-1, -1, logits.shape[-1]))
+    logp = picked.float().log_softmax(-1)
+    token_logp = logp.gather(2, batch.targets.to(logits.device)[:, :, None])[..., 0]
+    return (token_logp * batch.row_mask.to(logits.device)).sum(1)
+
+
+def answer_logprob(
+    model: Any,
+    prompts: Sequence[LabeledPrompt],
+    *,
+    target: str = "answer",
+    answer_prefix: str = " ",
+    batch_size: int = 8,
+) -> Float[Tensor, " n_examples"]:
+    """``log p(answer | prompt)`` of each prompt, teacher-forced (see the module docstring).
+
+    Works under an intervention too: ``with SplitSoftmax(...).apply(model, tps): ...``
+    where ``tps = answer_prompts(model, prompts)`` (and ``batch_size >= len(tps)``).
+    """
+    tps = answer_prompts(model, prompts, target=target, answer_prefix=answer_prefix)
+    with torch.no_grad():
+        return torch.cat([_logprob(model, b).cpu() for b in _batches(tps, batch_size)])
+
+
+# -------------------------------------------------------------------------- ablation
+def _heads_or_all(model: Any, heads: Any) -> HeadSet:
+    if heads is None:
+        n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+        return HeadSet((l, h) for l in range(n_layers) for h in range(n_heads))
+    return HeadSet(heads).validate(model)
+
+
+def _means(model: Any, mode: str, means: Tensor | None, tps: list[TokenizedPrompt]):
+    if mode not in ("zero", "mean"):
+        raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
+    if mode == "zero":
+        return None
+    if means is None:
+        return head_means(model, tps)
+    want = (model.cfg.n_layers, model.cfg.n_heads, model.cfg.d_head)
+    if tuple(means.shape) != want:
+        raise ValueError(
+            f"means has shape {tuple(means.shape)}, expected [n_layers, n_heads, d_head] = "
+            f"{list(want)} for this model"
+        )
+    return means
+
+
+def ablation_effects(
+    model: Any,
+    prompts: Sequence[LabeledPrompt],
+    *,
+    heads: Any = None,
+    mode: str = "zero",
+    means: Tensor | None = None,
+    positions: str = "all",
+    target: str = "answer",
+    answer_prefix: str = " ",
+    batch_size: int = 8,
+) -> HeadEffects:
+    """Exact effect of ablating each head, one at a time, on ``log p(answer)``.
+
+    Args:
+        model: A ``HookedTransformer``.
+        prompts: Labelled prompts with gold answers.
+        heads: The heads to ablate (each alone); default every head. Other heads are NaN.
+        mode: ``"zero"`` or ``"mean"`` ablation of the head's ``hook_z``.
+        means: ``[n_layers, n_heads, d_head]`` reference for ``mode="mean"``; default the
+            mean over every token of ``prompts`` with their answers.
+        positions: Query positions ablated: ``"all"``, ``"prompt"`` or ``"generated"``.
+        target: ``"answer"`` or ``"response"`` (see the module docstring).
+        answer_prefix: Put before ``answers[0]`` when ``target="answer"``.
+        batch_size: Prompts per forward pass (right padded; results do not depend on it).
+
+    Returns:
+        :class:`HeadEffects` with ``[n_layers, n_heads]`` tables.
+    """
+    chosen = _heads_or_all(model, heads)
+    hooking.check_positions(positions)
+    tps = answer_prompts(model, prompts, target=target, answer_prefix=answer_prefix)
+    means = _means(model, mode, means, tps)
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    effects = torch.full((len(tps), n_layers, n_heads), float("nan"))
+    baseline = torch.zeros(len(tps))
+    with torch.no_grad():
+        for batch in _batches(tps, batch_size):
+            clean = _logprob(model, batch).cpu()
+            baseline[batch.index] = clean
+            chunk = tps[batch.index]
+            for layer, head in chosen:
+                ablation = HeadAblation([(layer, head)], mode, means=means, positions=positions)
+                with ablation.apply(model, chunk):
+                    effects[batch.index, layer, head] = _logprob(model, batch).cpu() - clean
+    return HeadEffects(
+        values=effects.mean(0),
+        per_example=effects,
+        baseline=baseline,
+        mode=mode,
+        method="ablation",
+        positions=positions,
+        meta={"model": getattr(model.cfg, "model_name", None), "n_examples": len(tps)},
+    )
+
+
+def joint_ablation_effect(
+    model: Any,
+    prompts: Sequence[LabeledPrompt],
+    heads: Any,
+    *,
+    mode: str = "zero",
+    means: Tensor | None = None,
+    positions: str = "all",
+    target: str = "answer",
+    answer_prefix: str = " ",
+    batch_size: int = 8,
+) -> Float[Tensor, " n_examples"]:
+    """Change of ``log p(answer)`` per example when all ``heads`` are ablated together."""
+    chosen = HeadSet(heads).validate(model)
+    tps = answer_prompts(model, prompts, target=target, answer_prefix=answer_prefix)
+    means = _means(model, mode, means, tps)
+    ablation = HeadAblation(chosen, mode, means=means, positions=positions)
+    out = []
+    with torch.no_grad():
+        for batch in _batches(tps, batch_size):
+            clean = _logprob(model, batch)
+            with ablation.apply(model, tps[batch.index]):
+                out.append((_logprob(model, batch) - clean).cpu())
+    return torch.cat(out)
+
+
+# ----------------------------------------------------------------- attribution patching
+def _record_z(z: Tensor, hook: Any, *, layer: int, zs: dict, deltas: dict) -> Tensor:
+    zs[layer] = z.detach()
+    deltas[layer] = torch.zeros_like(z, requires_grad=True)
+    return z + deltas[layer]
+
+
+def attribution_patching(
+    model: Any,
+    prompts: Sequence[LabeledPrompt],
+    *,
+    mode: str = "zero",
+    means: Tensor | None = None,
+    positions: str = "all",
+    target: str = "answer",
+    answer_prefix: str = " ",
+    batch_size: int = 8,
+) -> HeadEffects:
+    """First-order estimate of every head's ablation effect from one forward and backward.
+
+    Same arguments and result as :func:`ablation_effects` (``method="attribution"``). The
+    gradient is taken with ``torch.autograd.grad`` with respect to a zero tensor added to
+    each ``hook_z``, so no parameter's ``.grad`` is touched and frozen models work.
+    """
+    hooking.check_positions(positions)
+    tps = answer_prompts(model, prompts, target=target, answer_prefix=answer_prefix)
+    means = _means(model, mode, means, tps)
+    n_layers = model.cfg.n_layers
+    per_example, baseline = [], []
+    for batch in _batches(tps, batch_size):
+        zs: dict[int, Tensor] = {}
+        deltas: dict[int, Tensor] = {}
+        fwd = [
+            (f"blocks.{l}.attn.hook_z", partial(_record_z, layer=l, zs=zs, deltas=deltas))
+            for l in range(n_layers)
+        ]
+        with torch.enable_grad(), hooking.hooks(model, fwd):
+            logp = _logprob(model, batch)
+            grads = torch.autograd.grad(logp.sum(), [deltas[l] for l in range(n_layers)])
+        baseline.append(logp.detach().cpu())
+        n_pos = batch.tokens.shape[1]
+        absolute = torch.arange(n_pos)
+        rows = hooking.query_row_mask(positions, absolute, batch.n_prompt) & batch.real.bool()
+        layers = []
+        for l in range(n_layers):
+            z, grad = zs[l].float(), grads[l].float()
+            ref = torch.zeros_like(z) if mode == "zero" else means[l].to(z.device, z.dtype)
+            contrib = (grad * (ref - z)).sum(-1)  # [batch, pos, head]
+            layers.append((contrib * rows.to(contrib.device)[:, :, None]).sum(1).cpu())
+        per_example.append(torch.stack(layers, dim=1))
+    effects = torch.cat(per_example)
+    return HeadEffects(
+        values=effects.mean(0),
+        per_example=effects,
+        baseline=torch.cat(baseline),
+        mode=mode,
+        method="attribution",
+        positions=positions,
+        meta={"model": getattr(model.cfg, "model_name", None), "n_examples": len(tps)},
+    )
+
+
+__all__ = [
+    "ablation_effects",
+    "answer_logprob",
+    "answer_prompts",
+    "attribution_patching",
+    "HeadEffects",
+    "joint_ablation_effect",
+]

@@ -1,0 +1,181 @@
+"""Long contexts: chunked prefill through the KV cache, and scores without patterns.
+
+Why: a ``HookedTransformer`` forward builds every layer's full ``[n_heads, n, n]``
+attention pattern. For a GPT-2-small-shaped model at 32,768 tokens that is 48 GiB per
+layer in float32; the authors' code asks Hugging Face for all of them at once
+(``output_attentions=True``). Contextual scores only need the rows of the response.
+
+Chunked prefill (:func:`chunked_forward`): the tokens go through the model in chunks of
+``chunk_size`` positions, each chunk reading the keys and values of the previous ones
+from TransformerLens's KV cache (``TransformerLensKeyValueCache``). A layer then holds
+at most ``n_heads x chunk_size x n`` attention scores, and the memory grows linearly
+with the length ``n``: the KV cache is ``2 x n_layers x n x n_kv_heads x d_head`` values.
+Logits, steering and interventions are the same as in one pass (to float rounding).
+
+Where the scores come from (``scores_from=``):
+
+* ``"keys"``: without patterns. The rotated queries of the scored rows are kept as
+  their chunk passes (``hook_rot_q``, or ``hook_q`` without rotary), and in the last
+  chunk each layer's keys (``hook_rot_k``; the cached keys plus ``hook_k`` without
+  rotary) are read in blocks: a first sweep computes each row's log-sum-exp with a
+  running maximum, a second sums ``exp(logit - lse)`` over each span
+  (:mod:`focuslens.scores.spanmass`). No pattern is read or kept; the extra memory is
+  ``n_heads x n_rows x block`` values.
+* ``"pattern"``: each chunk's ``hook_pattern`` rows of the scored positions are summed
+  over the spans. Needed when an intervention acts on ``hook_attn_scores`` or
+  ``hook_pattern`` (split-softmax, PASTA), which the ``"keys"`` route cannot see.
+* ``"auto"`` (default): ``"keys"``, unless a hook is registered on an attention-score
+  or pattern hook point, or the model's attention has a feature the ``"keys"`` route
+  does not reproduce (ALiBi, soft-capping, local windows, attention sinks, ...).
+
+Both give the numbers of the one-pass :func:`focuslens.contextual_scores` (1e-5).
+
+Which chunk size? Smaller chunks use less memory but re-rotate every cached key once
+per chunk and run more, smaller matrix products; 512 to 2048 is a good range on a CPU.
+``max_memory`` picks the largest chunk whose estimated peak (:func:`estimate_memory`,
+activations beyond the weights) fits a budget. A chunk at least as long as the prompt
+is the one-pass case: one forward pass.
+
+Dynamic-NTK rotary models change their rotary frequencies with the cache length, so
+their chunked outputs differ from one pass; they are refused.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Literal
+
+import torch
+from jaxtyping import Float, Int
+from torch import Tensor
+
+from focuslens.model.memory import chunk_bounds, resolve_chunk_size
+
+ScoresFrom = Literal["auto", "keys", "pattern"]
+
+
+def check_chunkable(model: Any) -> None:
+    from transformer_lens import HookedTransformer
+
+    if not isinstance(model, HookedTransformer):
+        raise ValueError(
+            f"chunked prefill needs a HookedTransformer (TransformerLens's KV cache), got "
+            f"{type(model).__name__}; use chunk_size=None for a one-pass computation"
+        )
+    if getattr(model.cfg, "use_dynamic_ntk_rope", False):
+        raise ValueError(
+            "this model uses dynamic-NTK rotary embeddings, whose frequencies change with the "
+            "cache length, so chunked prefill would change its outputs; use chunk_size=None"
+        )
+
+
+def new_cache(model: Any) -> Any:
+    """An empty ``TransformerLensKeyValueCache`` for one sequence."""
+    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
+
+    return TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+
+
+def _tokens_1d(tokens: Any) -> Tensor:
+    t = torch.as_tensor(tokens, dtype=torch.long)
+    if t.dim() == 2 and t.shape[0] == 1:
+        t = t[0]
+    if t.dim() != 1 or t.numel() == 0:
+        raise ValueError(
+            f"chunked prefill takes one sequence as [pos] or [1, pos] tokens, got shape "
+            f"{tuple(t.shape)}"
+        )
+    return t
+
+
+def run_chunks(
+    model: Any,
+    tokens: Tensor,
+    chunk_size: int,
+    cache: Any,
+    on_chunk: Callable[[int, int], None] | None = None,
+    logits_rows: Sequence[int] = (),
+) -> Tensor | None:
+    """Feed ``tokens`` chunk by chunk; return the logits of ``logits_rows`` (absolute)."""
+    device = next(model.parameters()).device
+    offset = int(cache[0].past_keys.shape[1])
+    wanted = sorted(set(logits_rows))
+    out = []
+    with torch.no_grad():
+        for start, end in chunk_bounds(len(tokens), chunk_size):
+            if on_chunk is not None:
+                on_chunk(offset + start, offset + end)
+            piece = tokens[start:end].to(device)[None]
+            rows = [r - start for r in wanted if start <= r < end]
+            # An explicit all-ones mask: without it TransformerLens masks tokens equal to
+            # the pad token when a cache is used.
+            logits = model(
+                piece,
+                past_kv_cache=cache,
+                attention_mask=torch.ones_like(piece),
+                return_type="logits" if rows else None,
+            )
+            if rows:
+                out.append(logits[0, rows])
+    return torch.cat(out) if out else None
+
+
+def chunked_forward(
+    model: Any,
+    tokens: Int[Tensor, "*batch pos"],
+    *,
+    chunk_size: int | None = None,
+    max_memory: int | float | str | None = None,
+    logits_at: Literal["last", "all"] | Sequence[int] = "last",
+    past_kv_cache: Any | None = None,
+) -> Float[Tensor, "n_rows d_vocab"]:
+    """Run one sequence through the model in chunks, through the KV cache.
+
+    Hooks registered on the model (steering, interventions) fire in every chunk, with
+    the chunk's queries and all keys so far; those written with
+    :mod:`focuslens.model.hooks` see the same absolute positions as in one pass.
+
+    Args:
+        model: A ``HookedTransformer``.
+        tokens: ``[pos]`` (or ``[1, pos]``) token ids, BOS included if wanted.
+        chunk_size: Tokens per chunk (default :data:`DEFAULT_CHUNK_SIZE`).
+        max_memory: Instead of ``chunk_size``, a budget (bytes or ``"8GiB"``) from which
+            the chunk size is picked (:func:`chunk_size_for`).
+        logits_at: Positions (relative to ``tokens``) whose logits to return: ``"last"``
+            (default), ``"all"`` (``n x d_vocab`` values: mind the memory) or a list.
+        past_kv_cache: A ``TransformerLensKeyValueCache`` to continue and fill (for
+            generation after the prefill); default a new one.
+
+    Returns:
+        ``[n_rows, d_vocab]`` logits, rows in increasing position order.
+
+    Example:
+        >>> import focuslens
+        >>> model = focuslens.load_demo_model()
+        >>> tokens = model.to_tokens("[DOC k1 k2 v3 v4 ] [Q k1 k2")[0]
+        >>> one = model(tokens[None])[0, -1]
+        >>> torch.allclose(chunked_forward(model, tokens, chunk_size=3)[0], one, atol=1e-4)
+        True
+    """
+    check_chunkable(model)
+    tokens = _tokens_1d(tokens)
+    n = len(tokens)
+    size = resolve_chunk_size(model, n, chunk_size, max_memory)
+    if isinstance(logits_at, str):
+        if logits_at not in ("last", "all"):
+            raise ValueError(f"logits_at must be 'last', 'all' or positions, got {logits_at!r}")
+        rows = [n - 1] if logits_at == "last" else list(range(n))
+    else:
+        rows = [int(r) for r in logits_at]
+        bad = [r for r in rows if not 0 <= r < n]
+        if bad or not rows:
+            raise ValueError(f"logits_at positions {bad or rows} are out of range for {n} tokens")
+    cache = new_cache(model) if past_kv_cache is None else past_kv_cache
+    logits = run_chunks(model, tokens, size, cache, logits_rows=rows)
+    assert logits is not None
+    return logits
+
+
+__all__ = [
+    "chunked_forward",
+]

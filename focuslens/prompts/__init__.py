@@ -1,0 +1,28 @@
+"""Labelled prompts and their exact mapping to tokens.
+
+A :class:`LabeledPrompt` is the text a model reads plus the character spans of its relevant
+document, its distractors and any other named part; :func:`tokenize_prompt` maps them to token
+positions exactly, through the tokenizer's offsets.
+"""
+
+from focuslens.prompts.spans import (
+    DEFAULT_DOC_BODY,
+    DEFAULT_DOC_PREFIX,
+    DEFAULT_INSTRUCTION,
+    LabeledPrompt,
+    TokenizedPrompt,
+    assemble,
+    char_to_token_span,
+    tokenize_prompt,
+)
+
+__all__ = [
+    "DEFAULT_DOC_BODY",
+    "DEFAULT_DOC_PREFIX",
+    "DEFAULT_INSTRUCTION",
+    "assemble",
+    "char_to_token_span",
+    "LabeledPrompt",
+    "tokenize_prompt",
+    "TokenizedPrompt",
+]

@@ -1,0 +1,483 @@
+"""Labelled prompts and the exact mapping of their character spans to token positions.
+
+A :class:`LabeledPrompt` is the text a model reads (chat template already applied
+where there is one) plus character spans that say which part is the *relevant*
+document and which parts are *distractors*, the gold answers, and optionally a
+``response`` that follows the prompt (teacher forcing).
+
+Character spans become token spans through the tokenizer's character offsets
+(:func:`tokenize_prompt`), so they are exact for the model's own tokenizer.
+
+Boundary convention: a token belongs to a span when it shares **at least one
+character** with it. A token that straddles a span boundary (for example GPT-2's
+``" Document"``, whose leading space lies before the span) is therefore counted in the
+span. Every character of a span that some token covers lies in a token of the span,
+and no token outside the token span touches the character span. Characters that no
+token covers (the spaces a whitespace pre-tokenizer drops) belong to no token. A
+single token that touches two labelled spans is refused, since its attention would
+be counted twice.
+
+Tokenisation follows TransformerLens's ``model.to_tokens``: the prompt text is
+tokenised without the tokenizer's own special tokens, and the BOS token is prepended
+when ``model.cfg.default_prepend_bos`` says so. The response is tokenised on its own
+(so the prompt's tokens never change with it) and appended: include the leading space
+in the response text if your tokenizer expects one (``" Paris"`` for GPT-2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import torch
+
+from focuslens.typing import Span
+
+DEFAULT_INSTRUCTION = (
+    "Write a high-quality answer for the given question using only the provided search "
+    "results (some of which might be irrelevant)."
+)
+"""The instruction of the "lost in the middle" QA prompt (``prompts/qa.prompt``)."""
+
+DEFAULT_DOC_PREFIX = "Document [{i}]"
+"""The part of each document outside its span; ``{i}`` is the 1-based document number."""
+
+DEFAULT_DOC_BODY = "(Title: {title}) {text}"
+"""The part of each document inside its span (title and text, as in the authors' code)."""
+
+
+def _preview(text: str, n: int = 80) -> str:
+    short = text[:n].replace("\n", "\\n")
+    return short + ("..." if len(text) > n else "")
+
+
+@dataclass(frozen=True)
+class _Parts:
+    """How a prompt was assembled, so that its gold-only and distractors-only variants
+    can be rebuilt with the same layout."""
+
+    header: str
+    prefixes: tuple[str, ...]
+    bodies: tuple[str, ...]
+    gold_index: int | None
+    footer: str
+    separator: str
+    prefix_format: str | None
+    wrap: Callable[[str], str] | None
+
+
+@dataclass(frozen=True)
+class LabeledPrompt:
+    """A prompt with labelled character spans.
+
+    Attributes:
+        text: The prompt exactly as the model sees it (chat template applied).
+        relevant: Character span ``(start, end)`` of the relevant document in ``text``,
+            or ``None`` when no document is relevant (e.g. a query whose key is absent).
+        distractors: Character spans of the distractor documents.
+        answers: The gold answer strings.
+        response: Optional text that follows the prompt (teacher forcing); its tokens
+            are the query rows of ``contextual_scores(query="response")``.
+
+    Example:
+        >>> p = LabeledPrompt.from_documents(
+        ...     question="Who wrote Hamlet?",
+        ...     documents=[("Hamlet", "A play by Shakespeare."), ("Paris", "A city.")],
+        ...     gold_index=0, answers=["Shakespeare"])
+        >>> p.text[p.relevant[0]:p.relevant[1]]
+        '(Title: Hamlet) A play by Shakespeare.'
+        >>> len(p.gold_only().distractors), len(p.distractors_only().distractors)
+        (0, 1)
+    """
+
+    text: str
+    relevant: Span | None
+    distractors: list[Span]
+    answers: list[str]
+    response: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    _parts: _Parts | None = field(default=None, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.text, str):
+            raise TypeError(f"LabeledPrompt.text must be a str, got {type(self.text).__name__}")
+        object.__setattr__(self, "distractors", [tuple(s) for s in self.distractors])
+        if self.relevant is not None:
+            object.__setattr__(self, "relevant", tuple(self.relevant))
+        if isinstance(self.answers, str):
+            object.__setattr__(self, "answers", [self.answers])
+        labelled = ([("relevant", self.relevant)] if self.relevant is not None else []) + [
+            (f"distractor {i}", s) for i, s in enumerate(self.distractors)
+        ]
+        for name, span in labelled:
+            if len(span) != 2 or not all(isinstance(x, int) for x in span):
+                raise ValueError(f"{name} span {span!r} must be two ints (start, end)")
+            start, end = span
+            if start >= end:
+                raise ValueError(f"{name} span {span} is empty in prompt {_preview(self.text)!r}")
+            if start < 0 or end > len(self.text):
+                raise ValueError(
+                    f"{name} span {span} is out of range for a prompt of {len(self.text)} "
+                    f"characters ({_preview(self.text)!r})"
+                )
+        ordered = sorted(labelled, key=lambda item: item[1])
+        for (n1, s1), (n2, s2) in zip(ordered, ordered[1:]):
+            if s2[0] < s1[1]:
+                raise ValueError(
+                    f"{n1} span {s1} overlaps {n2} span {s2} in prompt {_preview(self.text)!r}"
+                )
+
+    # ------------------------------------------------------------------ builders
+    @classmethod
+    def from_documents(
+        cls,
+        question: str,
+        documents: Sequence[tuple[str, str] | dict[str, str] | str],
+        gold_index: int | None,
+        answers: Sequence[str],
+        *,
+        instruction: str = DEFAULT_INSTRUCTION,
+        doc_prefix: str = DEFAULT_DOC_PREFIX,
+        doc_body: str = DEFAULT_DOC_BODY,
+        chat_template: Any | None = None,
+        response: str | None = None,
+        separator: str = "\n",
+    ) -> LabeledPrompt:
+        """Build a multi-document QA prompt in the "lost in the middle" format.
+
+        Args:
+            question: The question.
+            documents: ``(title, text)`` pairs, ``{"title", "text"}`` dicts or plain
+                strings (title left empty).
+            gold_index: 0-based index of the relevant document, or ``None``.
+            answers: Gold answers.
+            instruction: First paragraph of the prompt.
+            doc_prefix: Per-document text outside the span (``{i}`` = 1-based number).
+            doc_body: Per-document text inside the span (``{title}``, ``{text}``).
+            chat_template: A Hugging Face tokenizer with a chat template; when given,
+                the prompt becomes the user turn and a generation prompt is added.
+            response: Optional teacher-forced response.
+            separator: Text between documents (HELMET uses a blank line, ``"\n\n"``).
+        """
+        bodies = []
+        for i, doc in enumerate(documents):
+            if isinstance(doc, str):
+                title, body_text = "", doc
+            elif isinstance(doc, dict):
+                if "text" not in doc:
+                    raise ValueError(f"document {i} has no 'text' field: {doc!r}")
+                title, body_text = doc.get("title", ""), doc["text"]
+            else:
+                title, body_text = doc
+            bodies.append(doc_body.format(title=title, text=body_text))
+        prefixes = [doc_prefix.format(i=i + 1) for i in range(len(bodies))]
+        wrap = _chat_wrapper(chat_template) if chat_template is not None else None
+        return assemble(
+            header=f"{instruction}\n\n",
+            prefixes=prefixes,
+            bodies=bodies,
+            gold_index=gold_index,
+            footer=f"\n\nQuestion: {question}\nAnswer:",
+            answers=answers,
+            separator=separator,
+            prefix_format=doc_prefix,
+            wrap=wrap,
+            response=response,
+        )
+
+    def _variant(self, keep: Callable[[int], bool], gold: bool) -> LabeledPrompt:
+        parts = self._parts
+        if parts is None:
+            raise ValueError(
+                "this LabeledPrompt was not built from documents (LabeledPrompt.from_documents "
+                "or focuslens.prompts.spans.assemble), so its gold-only and distractors-only variants "
+                "cannot be rebuilt"
+            )
+        idx = [i for i in range(len(parts.bodies)) if keep(i)]
+        new_gold = idx.index(parts.gold_index) if gold and parts.gold_index in idx else None
+        if parts.prefix_format is not None:
+            prefixes = [parts.prefix_format.format(i=j + 1) for j in range(len(idx))]
+        else:
+            prefixes = [parts.prefixes[i] for i in idx]
+        return assemble(
+            header=parts.header,
+            prefixes=prefixes,
+            bodies=[parts.bodies[i] for i in idx],
+            gold_index=new_gold,
+            footer=parts.footer,
+            answers=self.answers,
+            separator=parts.separator,
+            prefix_format=parts.prefix_format,
+            wrap=parts.wrap,
+            response=self.response,
+            meta=self._variant_meta(
+                len(idx), new_gold, "gold_only" if gold else "distractors_only"
+            ),
+        )
+
+    def _variant_meta(self, n_documents: int, gold_position: int | None, variant: str) -> dict:
+        """The meta of a variant: document counts that describe the variant, not the
+        original (``original_<key>`` keeps the original's ``n_documents``,
+        ``gold_position`` and ``n_prompt_tokens``)."""
+        meta = dict(self.meta)
+        for key, value in (("n_documents", n_documents), ("gold_position", gold_position)):
+            if key in meta:
+                meta[f"original_{key}"] = meta[key]
+                meta[key] = value
+        if "n_prompt_tokens" in meta:  # the variant's length is not known without a tokenizer
+            meta["original_n_prompt_tokens"] = meta.pop("n_prompt_tokens")
+        meta["variant"] = variant
+        return meta
+
+    def gold_only(self) -> LabeledPrompt:
+        """The same prompt with only the relevant document."""
+        if self._parts is not None and self._parts.gold_index is None:
+            raise ValueError("this prompt has no relevant document, so it has no gold-only variant")
+        return self._variant(lambda i: i == self._parts.gold_index, gold=True)  # type: ignore[union-attr]
+
+    def distractors_only(self) -> LabeledPrompt:
+        """The same prompt without the relevant document (the "negative" prompt)."""
+        return self._variant(lambda i: i != self._parts.gold_index, gold=False)  # type: ignore[union-attr]
+
+    def with_response(self, response: str | None) -> LabeledPrompt:
+        """A copy with another teacher-forced response."""
+        return replace(self, response=response)
+
+    @property
+    def n_documents(self) -> int:
+        """Number of labelled documents (relevant and distractors)."""
+        return len(self.distractors) + (self.relevant is not None)
+
+    @property
+    def gold_position(self) -> int | None:
+        """0-based rank of the relevant document among all labelled documents."""
+        if self.relevant is None:
+            return None
+        return sum(1 for s in self.distractors if s[0] < self.relevant[0])
+
+
+def _chat_wrapper(tokenizer: Any) -> Callable[[str], str]:
+    if not hasattr(tokenizer, "apply_chat_template"):
+        raise ValueError("chat_template must be a Hugging Face tokenizer with apply_chat_template")
+
+    def wrap(user_text: str) -> str:
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": user_text}], tokenize=False, add_generation_prompt=True
+        )
+
+    return wrap
+
+
+def assemble(
+    *,
+    header: str,
+    prefixes: Sequence[str],
+    bodies: Sequence[str],
+    gold_index: int | None,
+    footer: str,
+    answers: Sequence[str],
+    separator: str = "\n",
+    prefix_format: str | None = None,
+    wrap: Callable[[str], str] | None = None,
+    response: str | None = None,
+    meta: dict[str, Any] | None = None,
+) -> LabeledPrompt:
+    """Join documents into a prompt and record the exact span of each body.
+
+    The prompt is ``header + sep.join(prefix_i + body_i) + footer``, optionally passed
+    through ``wrap`` (a chat template), which must contain the joined text verbatim.
+    Spans cover the bodies; the prefixes lie outside them.
+    """
+    if len(prefixes) != len(bodies):
+        raise ValueError(f"{len(prefixes)} prefixes for {len(bodies)} documents")
+    if gold_index is not None and not 0 <= gold_index < len(bodies):
+        raise ValueError(f"gold_index {gold_index} is out of range for {len(bodies)} documents")
+    pieces, spans, pos = [header], [], len(header)
+    for k, (prefix, body) in enumerate(zip(prefixes, bodies)):
+        if k:
+            pieces.append(separator)
+            pos += len(separator)
+        pieces.append(prefix + body)
+        start = pos + len(prefix)
+        spans.append((start, start + len(body)))
+        pos += len(prefix) + len(body)
+    pieces.append(footer)
+    inner = "".join(pieces)
+    offset = 0
+    text = inner
+    if wrap is not None:
+        text = wrap(inner)
+        offset = text.find(inner)
+        if offset < 0:
+            raise ValueError(
+                "the chat template changed the prompt text, so spans cannot be placed: "
+                f"{_preview(text)!r}"
+            )
+    spans = [(s + offset, e + offset) for s, e in spans]
+    relevant = spans[gold_index] if gold_index is not None else None
+    distractors = [s for i, s in enumerate(spans) if i != gold_index]
+    parts = _Parts(
+        header=header,
+        prefixes=tuple(prefixes),
+        bodies=tuple(bodies),
+        gold_index=gold_index,
+        footer=footer,
+        separator=separator,
+        prefix_format=prefix_format,
+        wrap=wrap,
+    )
+    return LabeledPrompt(
+        text=text,
+        relevant=relevant,
+        distractors=distractors,
+        answers=list(answers),
+        response=response,
+        meta=dict(meta or {}),
+        _parts=parts,
+    )
+
+
+# ---------------------------------------------------------------------- tokenisation
+@dataclass(frozen=True)
+class TokenizedPrompt:
+    """A labelled prompt in token positions.
+
+    Attributes:
+        tokens: ``[pos]`` token ids: BOS (if prepended), prompt, response.
+        n_prompt: Number of prompt tokens, BOS included; response starts here.
+        relevant: Token span of the relevant document, or ``None``.
+        distractors: Token spans of the distractors.
+        source: The labelled prompt.
+    """
+
+    tokens: torch.Tensor
+    n_prompt: int
+    relevant: Span | None
+    distractors: list[Span]
+    source: LabeledPrompt
+
+    @property
+    def n_response(self) -> int:
+        return int(self.tokens.shape[0]) - self.n_prompt
+
+    def __len__(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+def _offsets(tokenizer: Any, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+    if not getattr(tokenizer, "is_fast", False):
+        raise ValueError(
+            f"tokenizer {type(tokenizer).__name__} gives no character offsets; focuslens "
+            "needs a Hugging Face fast tokenizer (PreTrainedTokenizerFast) to map spans exactly"
+        )
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    return list(enc["input_ids"]), [tuple(o) for o in enc["offset_mapping"]]
+
+
+def char_to_token_span(
+    offsets: Sequence[tuple[int, int]],
+    span: Span,
+    *,
+    shift: int = 0,
+    name: str = "span",
+    text: str = "",
+) -> Span:
+    """Token span ``[first, last + 1)`` of the tokens that share a character with ``span``.
+
+    Args:
+        offsets: Per-token character offsets ``(start, end)``.
+        span: Character span.
+        shift: Added to the token indices (1 when a BOS token is prepended).
+
+    Raises:
+        ValueError: When no token covers any character of the span.
+    """
+    start, end = span
+    hits = [i for i, (s, e) in enumerate(offsets) if s < e and s < end and e > start]
+    if not hits:
+        raise ValueError(
+            f"{name} {span} ({text[start:end][:60]!r}) covers no token of the prompt "
+            f"({_preview(text)!r})"
+        )
+    return hits[0] + shift, hits[-1] + 1 + shift
+
+
+def tokenize_prompt(
+    model: Any,
+    prompt: LabeledPrompt,
+    *,
+    prepend_bos: bool | None = None,
+    require_response: bool = False,
+) -> TokenizedPrompt:
+    """Tokenise a labelled prompt as ``model.to_tokens`` would, with exact token spans.
+
+    Args:
+        model: A HookedTransformer or TransformerBridge (anything with ``.tokenizer``
+            and ``.cfg``), or a bare tokenizer (then ``prepend_bos`` defaults to True).
+        prompt: The labelled prompt.
+        prepend_bos: Override ``model.cfg.default_prepend_bos``.
+        require_response: Raise when the prompt has no response.
+    """
+    tokenizer = getattr(model, "tokenizer", model)
+    if tokenizer is None:
+        raise ValueError("the model has no tokenizer; call model.set_tokenizer(...) first")
+    if prepend_bos is None:
+        cfg = getattr(model, "cfg", None)
+        prepend_bos = bool(getattr(cfg, "default_prepend_bos", True))
+    if require_response and not prompt.response:
+        raise ValueError(
+            f"prompt {_preview(prompt.text)!r} has no response; query='response' needs one "
+            "(give LabeledPrompt(response=...) or use query='last')"
+        )
+    ids, offsets = _offsets(tokenizer, prompt.text)
+    if prepend_bos:
+        if tokenizer.bos_token_id is None:
+            raise ValueError("prepend_bos is set but the tokenizer has no BOS token")
+        ids = [tokenizer.bos_token_id, *ids]
+    shift = 1 if prepend_bos else 0
+    relevant = (
+        char_to_token_span(
+            offsets, prompt.relevant, shift=shift, name="relevant span", text=prompt.text
+        )
+        if prompt.relevant is not None
+        else None
+    )
+    distractors = [
+        char_to_token_span(offsets, s, shift=shift, name=f"distractor span {i}", text=prompt.text)
+        for i, s in enumerate(prompt.distractors)
+    ]
+    named = ([("relevant", relevant)] if relevant else []) + [
+        (f"distractor {i}", s) for i, s in enumerate(distractors)
+    ]
+    named.sort(key=lambda item: item[1])
+    for (n1, s1), (n2, s2) in zip(named, named[1:]):
+        if s2[0] < s1[1]:
+            tok = s2[0] - shift
+            raise ValueError(
+                f"token {s2[0]} ({prompt.text[offsets[tok][0] : offsets[tok][1]]!r}) straddles "
+                f"the {n1} and {n2} spans in prompt {_preview(prompt.text)!r}; put a separator "
+                "between the documents"
+            )
+    n_prompt = len(ids)
+    if prompt.response:
+        ids = ids + list(tokenizer(prompt.response, add_special_tokens=False)["input_ids"])
+    return TokenizedPrompt(
+        tokens=torch.tensor(ids, dtype=torch.long),
+        n_prompt=n_prompt,
+        relevant=relevant,
+        distractors=distractors,
+        source=prompt,
+    )
+
+
+__all__ = [
+    "DEFAULT_DOC_BODY",
+    "DEFAULT_DOC_PREFIX",
+    "DEFAULT_INSTRUCTION",
+    "assemble",
+    "char_to_token_span",
+    "LabeledPrompt",
+    "tokenize_prompt",
+    "TokenizedPrompt",
+]

@@ -1,0 +1,148 @@
+"""Contextual scores of long prompts through chunked prefill, with or without patterns.
+
+Why: a ``HookedTransformer`` forward builds every layer's full ``[n_heads, n, n]``
+attention pattern, while contextual scores only need the rows of the response. Here the
+prompt goes through :func:`focuslens.model.prefill.chunked_forward` in chunks, and the
+scores come from one of two routes (``scores_from=``):
+
+* ``"keys"``: without patterns. The rotated queries of the scored rows are kept as
+  their chunk passes (``hook_rot_q``, or ``hook_q`` without rotary), and in the last
+  chunk each layer's keys (``hook_rot_k``; the cached keys plus ``hook_k`` without
+  rotary) are read in blocks: a first sweep computes each row's log-sum-exp with a
+  running maximum, a second sums ``exp(logit - lse)`` over each span
+  (:mod:`focuslens.scores.spanmass`). No pattern is read or kept; the extra memory is
+  ``n_heads x n_rows x block`` values.
+* ``"pattern"``: each chunk's ``hook_pattern`` rows of the scored positions are summed
+  over the spans. Needed when an intervention acts on ``hook_attn_scores`` or
+  ``hook_pattern`` (split-softmax, PASTA), which the ``"keys"`` route cannot see.
+* ``"auto"`` (default): ``"keys"``, unless a hook is registered on an attention-score
+  or pattern hook point, or the model's attention has a feature the ``"keys"`` route
+  does not reproduce (ALiBi, soft-capping, local windows, attention sinks, ...).
+
+Both give the numbers of the one-pass :func:`focuslens.contextual_scores` (1e-5).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from focuslens.model.hooks import hooks
+from focuslens.model.memory import check_chunk_size, parse_memory, resolve_chunk_size
+from focuslens.model.prefill import ScoresFrom, check_chunkable, new_cache, run_chunks
+from focuslens.prompts.spans import LabeledPrompt, TokenizedPrompt
+from focuslens.scores.reduce import FIRST_DISTRACTOR, prepare, query_rows, reduce_masses
+from focuslens.scores.result import ContextualScores
+from focuslens.scores.spanmass import COLLECTORS, resolve_scores_from, span_labels
+from focuslens.typing import QueryRows
+
+
+# ------------------------------------------------------------------------ scores
+def _prompt_masses(
+    model: Any, tp: TokenizedPrompt, rows: list[int], sink: int, size: int, route: str
+) -> Tensor:
+    """``[n_layers, n_heads, 3 + n_distractors]`` span masses, averaged over rows."""
+    cache = new_cache(model)
+    labels = span_labels(tp, sink)
+    collector = COLLECTORS[route](
+        model=model,
+        rows=torch.tensor(rows, dtype=torch.long),
+        labels=labels,
+        n_masks=FIRST_DISTRACTOR + len(tp.distractors),
+        cache=cache,
+        n_total=len(tp),
+    )
+    with hooks(model, collector.fwd_hooks()):
+        run_chunks(model, tp.tokens, size, cache, on_chunk=collector.set_chunk)
+    return collector.result() / len(rows)
+
+
+def chunked_contextual_scores(
+    model: Any,
+    prompts: Sequence[LabeledPrompt],
+    *,
+    chunk_size: int | None = None,
+    max_memory: int | float | str | None = None,
+    scores_from: ScoresFrom = "auto",
+    query: QueryRows = "response",
+    sink: int = 2,
+    prepend_bos: bool | None = None,
+    require_relevant: bool = True,
+    progress: bool = False,
+) -> ContextualScores:
+    """:func:`focuslens.contextual_scores` through chunked prefill, for long prompts.
+
+    ``contextual_scores(..., chunk_size=...)`` or ``max_memory=...`` calls this. Prompts
+    run one at a time (no padding), each in chunks through the KV cache; the numbers are
+    those of the one-pass computation.
+
+    Args:
+        model: A ``HookedTransformer``.
+        prompts: Labelled prompts (see :func:`focuslens.contextual_scores`).
+        chunk_size: Tokens per chunk (default :data:`DEFAULT_CHUNK_SIZE`).
+        max_memory: Instead of ``chunk_size``: a budget (bytes or ``"8GiB"``); the chunk
+            size is picked per prompt with :func:`chunk_size_for`.
+        scores_from: ``"auto"``, ``"keys"`` or ``"pattern"`` (module docstring).
+        query: As in :func:`focuslens.contextual_scores`.
+        sink: As in :func:`focuslens.contextual_scores`.
+        prepend_bos: As in :func:`focuslens.contextual_scores`.
+        require_relevant: As in :func:`focuslens.contextual_scores`.
+        progress: As in :func:`focuslens.contextual_scores`.
+
+    Returns:
+        :class:`focuslens.ContextualScores`; ``meta`` records the chunk sizes and route.
+
+    Example:
+        >>> import focuslens
+        >>> model = focuslens.load_demo_model()
+        >>> prompts = focuslens.tasks.synthetic_retrieval(2, n_documents=8, seed=0)
+        >>> a = focuslens.contextual_scores(model, prompts)
+        >>> b = focuslens.contextual_scores(model, prompts, chunk_size=16)
+        >>> bool((a.relevant - b.relevant).abs().max() < 1e-5)
+        True
+    """
+    if chunk_size is not None:
+        check_chunk_size(chunk_size)
+    if max_memory is not None:
+        parse_memory(max_memory)
+    check_chunkable(model)
+    route = resolve_scores_from(model, scores_from)
+    tps = prepare(
+        model,
+        prompts,
+        query=query,
+        sink=sink,
+        prepend_bos=prepend_bos,
+        require_relevant=require_relevant,
+    )
+    n_masks = FIRST_DISTRACTOR + max(len(tp.distractors) for tp in tps)
+    items: Any = enumerate(tps)
+    if progress:
+        from tqdm.auto import tqdm
+
+        items = tqdm(items, total=len(tps), desc="contextual scores (chunked)", unit="prompt")
+    raw, sizes = [], []
+    for idx, tp in items:
+        try:
+            size = resolve_chunk_size(model, len(tp), chunk_size, max_memory)
+        except ValueError as exc:
+            raise ValueError(f"prompt {idx}: {exc}") from None
+        masses = _prompt_masses(model, tp, query_rows(tp, query), sink, size, route)
+        raw.append(torch.nn.functional.pad(masses, (0, n_masks - masses.shape[-1])))
+        sizes.append(size)
+    per_example = reduce_masses(torch.stack(raw), tps)
+    meta = {
+        "model": getattr(model.cfg, "model_name", None),
+        "n_examples": len(tps),
+        "chunk_sizes": sizes,
+        "scores_from": route,
+    }
+    return ContextualScores.from_per_example(per_example, query=query, n_sink=sink, meta=meta)
+
+
+__all__ = [
+    "chunked_contextual_scores",
+]

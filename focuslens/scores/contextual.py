@@ -1,0 +1,155 @@
+"""Contextual scores: how much attention each head gives to the relevant document.
+
+For one example with attention pattern ``A[l, h, i, j]`` (query ``i``, key ``j``)::
+
+    score(l, h) = mean over query rows i in R of ( sum over keys j in S of A[l, h, i, j] )
+
+with ``S`` the relevant document's tokens (METHOD.md section 2). From the same pass
+come the mass on all distractors (summed), on the largest single distractor, on the
+attention sink (the first ``sink`` positions) and on everything else; each is averaged
+over examples.
+
+Which query rows? (``query=``)
+    * ``"response"`` (default, as the authors' code): the response tokens' own
+      positions. Excludes the last prompt token, includes the last response token.
+    * ``"predict"``: the positions that *predict* the response tokens, one to the left
+      (the last prompt token up to the second-to-last response token).
+    * ``"last"``: the final prompt token only (no response needed).
+
+Memory: the reduction happens inside each layer's ``hook_pattern`` hook. Only
+``[batch, n_heads, n_query_rows, n_spans]`` is kept per layer, never a cache of full
+patterns, so the peak memory is that of a plain forward pass. Prompts are padded on the
+right, which leaves every real token's attention exactly as in an unbatched pass.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from functools import partial
+from typing import Any
+
+import torch
+
+from focuslens.prompts.spans import LabeledPrompt
+from focuslens.scores.reduce import (
+    FIRST_DISTRACTOR,
+    batch_inputs,
+    prepare,
+    reduce_hook,
+    reduce_masses,
+)
+from focuslens.scores.result import ContextualScores
+from focuslens.typing import QueryRows
+
+
+def contextual_scores(
+    model: Any,
+    prompts: Sequence[LabeledPrompt],
+    *,
+    query: QueryRows = "response",
+    sink: int = 2,
+    batch_size: int = 8,
+    prepend_bos: bool | None = None,
+    require_relevant: bool = True,
+    progress: bool = False,
+    chunk_size: int | None = None,
+    max_memory: int | float | str | None = None,
+) -> ContextualScores:
+    """Attention mass of each head on the relevant span, distractors and sink.
+
+    Args:
+        model: A ``HookedTransformer`` (or a ``TransformerBridge`` in compatibility mode).
+        prompts: Labelled prompts; with ``query="response"`` or ``"predict"`` each needs a
+            ``response``. A :class:`~focuslens.prompts.spans.TokenizedPrompt` is scored on its
+            own token ids (e.g. a prompt followed by the exact tokens a model generated,
+            which re-tokenising the decoded text need not reproduce).
+        query: Which query rows to average over (see the module docstring).
+        sink: Number of leading positions counted as the attention sink.
+        batch_size: Prompts per forward pass (right-padded; results do not depend on it).
+        prepend_bos: Override the model's ``default_prepend_bos``.
+        require_relevant: Refuse prompts without a relevant span (default). When False,
+            their ``relevant`` score is NaN and means skip them.
+        progress: Show a progress bar over batches.
+        chunk_size: For long prompts: run each prompt alone in chunks of this many tokens
+            through the KV cache (:func:`focuslens.scores.chunked.chunked_contextual_scores`), so
+            no layer holds more than ``chunk_size x n`` attention scores. Same numbers;
+            ``batch_size`` does not apply. ``None`` (default): one pass per batch.
+        max_memory: Instead of ``chunk_size``: a memory budget (bytes or ``"8GiB"``) from
+            which the chunk size is picked.
+
+    Returns:
+        :class:`ContextualScores`, each table ``[n_layers, n_heads]``.
+
+    Example:
+        >>> import focuslens
+        >>> model = focuslens.load_demo_model()
+        >>> prompts = focuslens.tasks.synthetic_retrieval(8, n_documents=8, seed=0)
+        >>> scores = focuslens.contextual_scores(model, prompts)
+        >>> scores.relevant.shape == (model.cfg.n_layers, model.cfg.n_heads)
+        True
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if chunk_size is not None or max_memory is not None:
+        from focuslens.scores.chunked import chunked_contextual_scores
+
+        return chunked_contextual_scores(
+            model,
+            prompts,
+            chunk_size=chunk_size,
+            max_memory=max_memory,
+            query=query,
+            sink=sink,
+            prepend_bos=prepend_bos,
+            require_relevant=require_relevant,
+            progress=progress,
+        )
+    tps = prepare(
+        model,
+        prompts,
+        query=query,
+        sink=sink,
+        prepend_bos=prepend_bos,
+        require_relevant=require_relevant,
+    )
+    n_layers = model.cfg.n_layers
+    tokenizer = model.tokenizer
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    device = next(model.parameters()).device
+    n_dis_all = max((len(tp.distractors) for tp in tps), default=0)
+    results = []
+    starts = range(0, len(tps), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="contextual scores", unit="batch")
+    for start in starts:
+        batch = tps[start : start + batch_size]
+        tokens, rows, row_mask, masks = batch_inputs(batch, query, sink, pad_id)
+        per_layer: dict[int, torch.Tensor] = {}
+
+        fwd_hooks = [
+            (
+                f"blocks.{layer}.attn.hook_pattern",
+                partial(reduce_hook, out=per_layer, layer=layer, args=(rows, row_mask, masks)),
+            )
+            for layer in range(n_layers)
+        ]
+        with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
+            model(tokens.to(device), return_type=None)
+        if sorted(per_layer) != list(range(n_layers)):
+            raise RuntimeError(
+                f"hook_pattern fired for layers {sorted(per_layer)}, expected 0..{n_layers - 1}; "
+                "this backend does not expose attention patterns the way focuslens expects"
+            )
+        raw = torch.stack([per_layer[layer] for layer in range(n_layers)], dim=1)
+        pad = FIRST_DISTRACTOR + n_dis_all - raw.shape[-1]
+        results.append(torch.nn.functional.pad(raw, (0, pad)))
+    per_example = reduce_masses(torch.cat(results), tps)
+    meta = {"model": getattr(model.cfg, "model_name", None), "n_examples": len(tps)}
+    return ContextualScores.from_per_example(per_example, query=query, n_sink=sink, meta=meta)
+
+
+__all__ = [
+    "contextual_scores",
+]

@@ -1,0 +1,215 @@
+# %% [markdown]
+# # 03 · Focus directions: the same effect without labels
+#
+# The split-softmax oracle of notebook 02 reads the span labels. At inference nobody
+# labels the relevant document. The paper's answer is a **focus direction**: per head, a
+# query vector `d_q` and a key vector `d_k` added to the queries and keys (after the
+# rotary embedding) at every position,
+#
+#     q <- q + alpha * d_q        k <- k + alpha * d_k
+#
+# learned once from labelled prompts so that the head attends more to the relevant
+# document, then applied to any prompt. This notebook:
+#
+# 1. learns focus directions for the contextual heads (the authors' recipe);
+# 2. steers with positive and negative `alpha`, and with `alpha="auto"`, and draws
+#    accuracy and attention allocation against `alpha`, top heads against random heads;
+# 3. shows that the key direction does nothing (and why);
+# 4. compares with the closed-form first step, and saves and loads directions.
+
+# %%
+import pandas as pd
+import torch
+
+import focuslens
+from focuslens.demo import DISTRACTING_DOCS
+from focuslens.heads import random_like
+from focuslens.tasks import synthetic_retrieval
+
+torch.set_num_threads(1)  # the demo model is tiny: one thread is fastest
+model = focuslens.load_demo_model()
+train = synthetic_retrieval(32, n_documents=DISTRACTING_DOCS, seed=0)
+test = synthetic_retrieval(16, n_documents=DISTRACTING_DOCS, seed=1)
+scores = focuslens.contextual_scores(model, train)
+top = scores.top_heads(2)
+print("contextual heads:", top)
+
+# %% [markdown]
+# ## Learning
+#
+# `learn_focus_directions` follows the authors' recipe: each training prompt's gold-only
+# variant is answered greedily, and the answer is appended to the full prompt (teacher
+# forcing); one pass of the unmodified model caches each layer's attention input; then,
+# layer by layer, with every weight frozen, AdamW maximises the relevant-span mass of the
+# answer rows with respect to `d_q` and `d_k` of that layer. The model is never modified.
+#
+# Without `heads=`, every layer is learned (all heads of a layer learn together, each from
+# its own term of the loss), so that any head can be steered later, including the random
+# heads of the control; the directions keep the heads ranked by contextual score.
+
+# %%
+directions = focuslens.learn_focus_directions(model, train, epochs=5)
+print(directions)
+directions.figure()  # the norm of each head's d_q
+
+# %% [markdown]
+# ## Steering
+#
+# `directions.steer(model, heads, alpha)` is a context manager: inside it, every forward
+# pass (and every step of a generation with the KV cache) is steered; on exit every hook
+# is removed. `directions.steering(heads, alpha)` is the same as an *intervention* object
+# for `focuslens.evaluate`. A negative `alpha` is a *negative focus direction*: it should
+# push attention away from the relevant document.
+
+# %%
+control = random_like(top, model, seed=0, disjoint=True)
+alphas = [-8.0, -2.0, 0.0, 2.0, 8.0, 32.0]
+steered = {
+    a: focuslens.evaluate(
+        model, test, intervention=directions.steering(top, a), heads=top, progress=False
+    )
+    for a in alphas
+}
+random_steered = {
+    a: focuslens.evaluate(
+        model, test, intervention=directions.steering(control, a), heads=top, progress=False
+    )
+    for a in (8.0, 32.0)
+}
+gold_only = focuslens.evaluate(model, [p.gold_only() for p in test], progress=False)
+focuslens.plots.accuracy_curves(
+    {"top heads": steered, "random heads": random_steered},
+    x="alpha",
+    baseline=steered[0.0],
+    gold_only=gold_only,
+)
+
+# %% [markdown]
+# How strong is `alpha`? The vectors are added to queries, so what matters is
+# `alpha * |d_q|` against the length of the head's queries. Learned from a small
+# initialisation with a small learning rate, the demo's vectors are short, so small
+# `alpha` changes little; the sweep above goes far enough to see something happen.
+#
+# Where does the attention of the contextual heads go as `alpha` grows? Too large an
+# `alpha` pulls attention to irrelevant tokens as well, one of the limits the authors
+# state:
+
+# %%
+focuslens.plots.allocation(steered, x="alpha")
+
+# %% [markdown]
+# On the demo model no `alpha` raises the contextual heads' attention on the relevant
+# document, and the largest one moves it to the distractors and costs accuracy. Like the
+# split-softmax oracle of notebook 02, this is a negative result on this model (the
+# [results page](../docs/results.md) has it on 100 prompts). A fixed `d_q` adds a bias
+# that depends on the content of each key but not on the question; where the relevant
+# document differs from the distractors only by matching the question, as here, such a
+# bias cannot single it out.
+
+# %% [markdown]
+# ## `alpha="auto"`
+#
+# Results are sensitive to `alpha`. With `alpha="auto"`, focuslens chooses it per prompt
+# by bisection so that the steered heads' focus on the prompt's last token reaches the
+# level they had on gold-only prompts, recorded while learning. The rule is focuslens's
+# own (the paper's revised version has one but did not publish it); see
+# `focuslens.directions.magnitude`. It costs a few partial forward passes per prompt:
+
+# %%
+steering_auto = directions.steering(top, "auto")
+auto = focuslens.evaluate(model, test, intervention=steering_auto, heads=top, progress=False)
+chosen = [float(a) for a in steering_auto.last_alpha]
+print(f"alpha='auto': accuracy {auto.accuracy:.3f}; alpha chosen for the last prompt: {chosen}")
+pd.DataFrame(
+    {
+        "alpha": [*alphas, "auto"],
+        "accuracy": [r.accuracy for r in steered.values()] + [auto.accuracy],
+        "attention on relevant": [r.summary()["attn_relevant"] for r in steered.values()]
+        + [auto.summary()["attn_relevant"]],
+    }
+).round(3)
+
+# %% [markdown]
+# ## The key direction does nothing
+#
+# Adding `d_k` to every key adds `alpha * q_i . d_k` (plus a constant) to all the logits
+# of query row `i`: the same amount for every key, which the softmax cancels. The whole
+# effect is the bias `alpha * d_q . k_j / sqrt(d_head)`, which depends on key `j`'s
+# content. Check it: steer with the learned directions, with their key vectors set to
+# zero, and with the bias applied directly to the attention scores (`form="scores"`):
+
+# %%
+import dataclasses
+
+tokens = focuslens.tokenize_prompt(model, test[0]).tokens[None]
+no_keys = dataclasses.replace(directions, d_k=torch.zeros_like(directions.d_k))
+with torch.no_grad():
+    with directions.steer(model, top, alpha=2.0):
+        qk = model(tokens)
+    with no_keys.steer(model, top, alpha=2.0):
+        queries_only = model(tokens)
+    with directions.steer(model, top, alpha=2.0, form="scores"):
+        bias = model(tokens)
+    plain = model(tokens)
+print("steering changes the logits by up to", float((qk - plain).abs().max()))
+print("without d_k:                        ", float((qk - queries_only).abs().max()))
+print("as a bias on the attention scores:  ", float((qk - bias).abs().max()))
+
+# %% [markdown]
+# The last two differences are at the level of float rounding: the key vectors could be
+# dropped. The authors' released key vectors are tiny compared with their query vectors,
+# as expected when the true gradient of `d_k` is zero.
+#
+# ## The closed-form first step
+#
+# `method="closed_form"` computes, without training, the gradient of the relevant-span
+# mass with respect to `d_q` at zero, from one cached pass (and sets `d_k = 0`). How close
+# is it to the learned direction?
+
+# %%
+closed = focuslens.learn_focus_directions(model, train, heads=top, method="closed_form")
+for layer, head in top:
+    cos = torch.nn.functional.cosine_similarity(
+        directions.q(layer)[head], closed.q(layer)[head], dim=0
+    )
+    print(f"L{layer}H{head}: cosine(learned d_q, closed-form d_q) = {float(cos):.2f}")
+
+# %% [markdown]
+# AdamW's update is per coordinate, so a learned direction drifts towards the sign pattern
+# of the gradient rather than the gradient itself: the two need not agree closely.
+#
+# ## Saving, sharing, loading
+#
+# Directions save as safetensors (the tensors) plus JSON metadata (the model's shape, the
+# hook point, the ranked heads, how they were trained, library versions); nothing is ever
+# unpickled. Loading with a model checks its shape and refuses another:
+
+# %%
+import tempfile
+from pathlib import Path
+
+path = Path(tempfile.mkdtemp()) / "demo-directions.safetensors"
+directions.save(path)
+loaded = focuslens.FocusDirections.load(path, model)
+print("identical:", torch.equal(loaded.d_q, directions.d_q))
+print({k: loaded.training[k] for k in ("method", "epochs", "lr") if k in loaded.training})
+
+# %% [markdown]
+# Directions made for another model (here: 3 layers of 4 heads of size 16, no rotary embedding) are refused, with both shapes named:
+
+# %%
+from focuslens.directions import ModelShape
+
+shape = ModelShape(n_layers=3, n_heads=4, n_key_value_heads=4, d_head=16, rotary=False)
+foreign = focuslens.FocusDirections(torch.ones(3, 4, 16), torch.zeros(3, 4, 16), shape)
+foreign.save(path.with_name("foreign.safetensors"))
+try:
+    focuslens.FocusDirections.load(path.with_name("foreign.safetensors"), model)
+except ValueError as error:
+    print("refused:", error)
+
+# %% [markdown]
+# ## What next
+#
+# [04 · Your own model](04-your-own-model.ipynb) runs the same pipeline on a model loaded
+# by name (GPT-2, Qwen, Llama) and on the authors' released directions.
