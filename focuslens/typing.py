@@ -6,7 +6,7 @@ Dimension names follow TransformerLens (``batch``, ``pos``, ``head_index``,
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from jaxtyping import Float, Int
 from torch import Tensor
@@ -28,6 +28,21 @@ Keys = Float[Tensor, "batch pos kv_head_index d_head"]
 Tokens = Int[Tensor, "batch pos"]
 Direction = Float[Tensor, "head_index d_head"]
 
+
+@runtime_checkable
+class Model(Protocol):
+    """What focuslens needs of a model: a TransformerLens ``HookedTransformer`` or a
+    ``TransformerBridge`` (its config, named hook points, hooks as a context, a forward
+    pass). Checked structurally, so either backend (and a test double) fits."""
+
+    cfg: Any
+    hook_dict: Any
+
+    def hooks(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+
 QueryRows = Literal["response", "predict", "last"]
 """Which query rows a score reads: the response tokens, the rows predicting them, or the last
 prompt token (see :mod:`focuslens.scores`)."""
@@ -36,6 +51,7 @@ Span = tuple[int, int]
 """A half-open range ``(start, end)``: characters of a prompt's text, or token positions."""
 
 __all__ = [
+    "Model",
     "AttnScores",
     "Direction",
     "HeadTable",

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from focuslens.app.run import RunFolder
+from focuslens.typing import Model
 
 
 class CommandError(Exception):
@@ -73,7 +74,7 @@ def _heads(args: argparse.Namespace, run: RunFolder) -> list[tuple[int, int]]:
     return heads[: args.k] if args.k else heads
 
 
-def _directions(args: argparse.Namespace, run: RunFolder, model: Any) -> Any:
+def _directions(args: argparse.Namespace, run: RunFolder, model: Model) -> Any:
     from focuslens.directions.core import FocusDirections
 
     path = Path(args.directions) if args.directions else run.path("directions")
@@ -157,14 +158,16 @@ def cmd_learn(args: argparse.Namespace) -> None:
     print(f"wrote {run.path('directions')}")
 
 
-def _condition(model, prompts, run, args, **kw) -> None:
-    from focuslens.app.run import stage_eval
+def _condition(model, prompts, run, args, condition=None, **kw) -> None:
+    from focuslens.app.run import Condition, stage_eval
 
+    condition = condition or Condition()
     try:
         result = stage_eval(
             model,
             prompts,
             run,
+            condition,
             max_new_tokens=args.max_new_tokens,
             data=args.label or Path(args.data).stem,
             progress=not args.quiet,
@@ -172,70 +175,61 @@ def _condition(model, prompts, run, args, **kw) -> None:
         )
     except ValueError as exc:
         raise CommandError(str(exc)) from None
-    from focuslens.app.run import condition_name
-
-    name = condition_name(
-        kw.get("kind", "baseline"),
-        kw.get("head_set", ""),
-        kw.get("k"),
-        tau=kw.get("tau"),
-        alpha=kw.get("alpha"),
-    )
-    print(f"{name}: accuracy {result.accuracy:.3f} (n={result.n})")
+    print(f"{condition.name}: accuracy {result.accuracy:.3f} (n={result.n})")
 
 
 def cmd_eval(args: argparse.Namespace) -> None:
-    from focuslens.app.run import random_control
+    from focuslens.app.run import Condition
+    from focuslens.heads import random_control
 
     model, prompts, run = _setup(args)
     heads = _heads(args, run) if (args.split_softmax or args.heads or run.has("heads")) else None
     _condition(model, prompts, run, args, measure_heads=heads)
     if args.gold_only:
-        _condition(model, prompts, run, args, kind="gold_only", measure_heads=heads)
+        _condition(model, prompts, run, args, Condition("gold_only"), measure_heads=heads)
     if args.split_softmax:
-        from focuslens.interventions.oracles import SplitSoftmax
-
         sets = {"top": heads}
         if args.random_heads:
-            sets["random"] = random_control(model, heads, seed=args.seed)
+            sets["random"] = list(random_control(heads, model, seed=args.seed))
         for tau in args.split_softmax:
             for name, chosen in sets.items():
+                condition = Condition("split_softmax", name, len(heads), tau=tau)
+                try:
+                    intervention = condition.intervention(chosen)
+                except ValueError as exc:
+                    raise CommandError(str(exc)) from None
                 _condition(
                     model,
                     prompts,
                     run,
                     args,
-                    kind="split_softmax",
-                    head_set=name,
-                    k=len(heads),
-                    tau=tau,
-                    intervention=SplitSoftmax(chosen, tau),
+                    condition,
+                    intervention=intervention,
                     measure_heads=heads,
                 )
     print(f"wrote {run.path('evals')}")
 
 
 def cmd_steer(args: argparse.Namespace) -> None:
-    from focuslens.app.run import random_control
+    from focuslens.app.run import Condition
+    from focuslens.heads import random_control
 
     model, prompts, run = _setup(args)
     heads = _heads(args, run)
     directions = _directions(args, run, model)
     sets = {"top": heads}
     if args.random_heads:
-        sets["random"] = random_control(model, heads, seed=args.seed)
+        sets["random"] = list(random_control(heads, model, seed=args.seed))
     for alpha in args.alpha:
         for name, chosen in sets.items():
+            condition = Condition("steering", name, len(heads), alpha=alpha)
             _condition(
                 model,
                 prompts,
                 run,
                 args,
-                kind="steering",
-                head_set=name,
-                k=len(heads),
-                alpha=alpha,
-                intervention=directions.steering(chosen, alpha),
+                condition,
+                intervention=condition.intervention(chosen, directions),
                 measure_heads=heads,
             )
     print(f"wrote {run.path('evals')}")

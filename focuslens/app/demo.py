@@ -27,14 +27,16 @@ from typing import Any
 
 from focuslens.app.run import (
     RUN_FILES,
+    Condition,
     RunFolder,
     load_any_model,
-    random_control,
     stage_effects,
     stage_eval,
+    stage_experiment,
     stage_learn,
     stage_scores,
 )
+from focuslens.heads import random_control
 
 
 @dataclass(frozen=True)
@@ -151,99 +153,62 @@ def _run_demo(out, quick, model, seed, progress, echo) -> dict[str, Any]:
 
 def _stages(model, run, plan: DemoPlan, seed, progress, echo) -> None:
     from focuslens.demo import DISTRACTING_DOCS
-    from focuslens.interventions.oracles import SplitSoftmax
     from focuslens.tasks.synthetic import synthetic_retrieval
 
     n_docs = DISTRACTING_DOCS
     train = synthetic_retrieval(plan.n_train, n_documents=n_docs, seed=seed)
     test = synthetic_retrieval(plan.n_test, n_documents=n_docs, seed=seed + 1)
-    echo(f"[1/6] contextual scores on {len(train)} prompts of {n_docs} documents, ablation")
+    echo(f"[1/5] contextual scores on {len(train)} prompts of {n_docs} documents, ablation")
     stage_scores(model, train, run, k=plan.k, progress=progress)
     stage_effects(model, train[: plan.n_effects], run)
     heads = run.heads()
-    control = random_control(model, heads, seed=seed)
+    control = list(random_control(heads, model, seed=seed))
     kw = {"measure_heads": heads, "max_new_tokens": plan.max_new_tokens, "progress": progress}
-    sets = {"top": heads, "random": control}
-
-    def condition(kind: str, name: str, make: Any, **param: Any) -> None:
-        stage_eval(
-            model,
-            test,
-            run,
-            kind=kind,
-            intervention=make(sets[name]),
-            head_set=name,
-            k=len(heads),
-            **param,
-            **kw,
-        )
-
-    echo(f"[2/6] baseline and gold-only accuracy on {len(test)} test prompts")
-    stage_eval(model, test, run, **kw)
-    stage_eval(model, test, run, kind="gold_only", **kw)
-    echo(f"[3/6] split-softmax on the top {len(heads)} heads and on {len(heads)} random heads")
-    for tau in plan.taus:
-        for name in sets:
-            condition("split_softmax", name, lambda h, tau=tau: SplitSoftmax(h, tau), tau=tau)
-    echo(f"[4/6] learning focus directions ({plan.epochs} epochs, {len(train)} prompts)")
+    echo(
+        f"[2/5] baseline, gold-only, and split-softmax on the top {len(heads)} heads and on "
+        f"{len(heads)} random heads, on {len(test)} test prompts"
+    )
+    stage_experiment(model, test, run, taus=plan.taus, seed=seed, **kw)
+    echo(f"[3/5] learning focus directions ({plan.epochs} epochs, {len(train)} prompts)")
     # Learn the layers of the random control too, so that it can be steered as well.
     learned = list(heads) + [h for h in control if h not in heads]
     directions = stage_learn(
         model, train, run, heads=learned, epochs=plan.epochs, seed=seed, progress=progress
     )
     echo(
-        f"[5/6] steering sweep: alpha in {list(plan.alphas)} (random heads: {list(plan.random_alphas)})"
+        f"[4/5] steering sweep: alpha in {list(plan.alphas)} (random heads: {list(plan.random_alphas)})"
     )
+    sets = {"top": heads, "random": control}
     for name, alphas in (("top", plan.alphas), ("random", plan.random_alphas)):
         for alpha in alphas:
-            condition("steering", name, lambda h, a=alpha: directions.steering(h, a), alpha=alpha)
+            condition = Condition("steering", name, len(heads), alpha=alpha)
+            intervention = condition.intervention(sets[name], directions)
+            stage_eval(model, test, run, condition, intervention=intervention, **kw)
     if plan.lengths:
         _lengths(model, run, plan, seed, directions, heads, kw, echo)
 
 
 def _lengths(model, run, plan: DemoPlan, seed, directions, heads, kw, echo) -> None:
     from focuslens.app.story import best_condition, main_data
-    from focuslens.interventions.oracles import SplitSoftmax
     from focuslens.tasks.synthetic import synthetic_retrieval
 
-    echo(f"[6/6] baseline and best top-k conditions at {list(plan.lengths)} documents")
+    echo(f"[5/5] baseline and best top-k conditions at {list(plan.lengths)} documents")
     evals = main_data(run.evals())
-    best = {kind: best_condition(evals, kind, "top") for kind in ("split_softmax", "steering")}
+    best = [best_condition(evals, kind, "top") for kind in ("split_softmax", "steering")]
+    conditions = [Condition()] + [Condition.from_row(b[1].iloc[0]) for b in best if b is not None]
     for n_docs in plan.lengths:
         prompts = synthetic_retrieval(plan.n_length, n_documents=n_docs, seed=seed + 2)
-        data = f"{n_docs} documents"
-        stage_eval(model, prompts, run, data=data, **kw)
-        for kind, found in best.items():
-            if found is None:
-                continue
-            row = found[1].iloc[0]
-            top = {"head_set": "top", "k": len(heads)}
-            if kind == "split_softmax":
-                tau = float(row["tau"])
-                stage_eval(
-                    model,
-                    prompts,
-                    run,
-                    kind=kind,
-                    tau=tau,
-                    data=data,
-                    intervention=SplitSoftmax(heads, tau),
-                    **top,
-                    **kw,
-                )
-            else:
-                alpha = row["alpha"] if row["alpha"] == "auto" else float(row["alpha"])
-                stage_eval(
-                    model,
-                    prompts,
-                    run,
-                    kind=kind,
-                    alpha=alpha,
-                    data=data,
-                    intervention=directions.steering(heads, alpha),
-                    **top,
-                    **kw,
-                )
+        for condition in conditions:
+            intervention = condition.intervention(heads, directions)
+            stage_eval(
+                model,
+                prompts,
+                run,
+                condition,
+                intervention=intervention,
+                data=f"{n_docs} documents",
+                **kw,
+            )
 
 
 __all__ = [

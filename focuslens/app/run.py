@@ -33,6 +33,7 @@ empty are left out, and their number is recorded.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,12 +42,15 @@ from typing import Any
 import pandas as pd
 
 from focuslens.evaluation.accuracy import EvalResult, evaluate
+from focuslens.evaluation.experiments import HeadExperiment, contextual_head_experiment
 from focuslens.heads import ranked_from_json
+from focuslens.interventions.oracles import SplitSoftmax
 from focuslens.model.responses import with_responses
 from focuslens.prompts.spans import LabeledPrompt
 from focuslens.scores.attention import attention_map_data
 from focuslens.scores.contextual import contextual_scores
 from focuslens.scores.result import ContextualScores
+from focuslens.typing import Model
 
 RUN_FILES = {
     "scores": "scores.safetensors",
@@ -138,12 +142,12 @@ def load_any_model(spec: str, *, dtype: str = "float32", device: str = "cpu") ->
     return load_model(spec, dtype=dtype, device=device)
 
 
-def _model_name(model: Any) -> str | None:
+def _model_name(model: Model) -> str | None:
     return getattr(model.cfg, "model_name", None)
 
 
 def stage_scores(
-    model: Any,
+    model: Model,
     prompts: Sequence[LabeledPrompt],
     run: RunFolder,
     *,
@@ -172,7 +176,7 @@ def stage_scores(
     scores.save(run.path("scores"))
     heads = scores.top_heads(k)
     run.path("heads").write_text(json.dumps([list(h) for h in heads]))
-    if all(p._parts is not None for p in answered):
+    if all(p.has_variants for p in answered):
         gold = contextual_scores(model, [p.gold_only() for p in answered], **kw)
         gold.save(run.path("scores_gold"))
     amap = attention_map_data(
@@ -195,7 +199,7 @@ def stage_scores(
 
 
 def stage_effects(
-    model: Any, prompts: Sequence[LabeledPrompt], run: RunFolder, *, batch_size: int = 8
+    model: Model, prompts: Sequence[LabeledPrompt], run: RunFolder, *, batch_size: int = 8
 ) -> dict[str, Any]:
     """Zero-ablation effect of each head on log p(answer) and its attribution-patching
     estimate; saved as ``effects.safetensors`` (one ``[n_layers, n_heads]`` table each)."""
@@ -228,7 +232,7 @@ def read_effects(run: RunFolder) -> dict[str, Any]:
 
 
 def stage_learn(
-    model: Any,
+    model: Model,
     prompts: Sequence[LabeledPrompt],
     run: RunFolder,
     *,
@@ -273,37 +277,106 @@ def stage_learn(
     return directions
 
 
-def random_control(
-    model: Any, heads: Sequence[tuple[int, int]], seed: int = 0
-) -> list[tuple[int, int]]:
-    """As many random heads as ``heads``, none of them in ``heads``, drawn uniformly over
-    all layers (seeded): the paper's random-heads control
-    (:func:`focuslens.heads.random_like`)."""
-    from focuslens.heads import random_like
-
-    return list(random_like(heads, model, seed=seed, disjoint=True))
+def _none_if_nan(value: Any) -> Any:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 
-def condition_name(kind: str, head_set: str = "", k: int | None = None, **params: Any) -> str:
-    """A readable label: ``"baseline"``, ``"split-softmax top-2 tau=0.1"``, ``"steer random-2 alpha=auto"``."""
-    if kind in ("baseline", "gold_only"):
-        return kind.replace("_", " ")
-    prefix = {"split_softmax": "split-softmax", "steering": "steer"}.get(kind, kind)
-    values = " ".join(f"{name}={value}" for name, value in params.items() if value is not None)
-    return f"{prefix} {head_set}-{k} {values}".strip()
+@dataclass(frozen=True)
+class Condition:
+    """One evaluated condition of a run: its typed columns in ``evals.jsonl``.
+
+    ``kind`` is one of :data:`EVAL_KINDS`; interventions name the head set they act on
+    (``"top"`` or ``"random"``) and its size ``k``, and their parameter (``tau`` for
+    split-softmax, ``alpha`` for steering). :attr:`name` is a label for people; code reads
+    the typed fields back with :meth:`from_row`, never the label.
+
+    Example:
+        >>> Condition("split_softmax", "top", 2, tau=0.1).name
+        'split-softmax top-2 tau=0.1'
+        >>> Condition.from_row(Condition("steering", "random", 2, alpha="auto").columns())
+        Condition(kind='steering', head_set='random', k=2, tau=None, alpha='auto')
+    """
+
+    kind: str = "baseline"
+    head_set: str = ""
+    k: int | None = None
+    tau: float | None = None
+    alpha: float | str | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in EVAL_KINDS:
+            raise ValueError(f"kind must be one of {EVAL_KINDS}, got {self.kind!r}")
+
+    @property
+    def name(self) -> str:
+        """A readable label: ``"baseline"``, ``"split-softmax top-2 tau=0.1"``, ``"steer random-2 alpha=auto"``."""
+        if self.kind in ("baseline", "gold_only"):
+            return self.kind.replace("_", " ")
+        prefix = {"split_softmax": "split-softmax", "steering": "steer"}[self.kind]
+        params = {"tau": self.tau, "alpha": self.alpha}
+        values = " ".join(f"{key}={value}" for key, value in params.items() if value is not None)
+        return f"{prefix} {self.head_set}-{self.k} {values}".strip()
+
+    def columns(self) -> dict[str, Any]:
+        """The columns every row of this condition carries in ``evals.jsonl``."""
+        return {
+            "condition": self.name,
+            "kind": self.kind,
+            "head_set": self.head_set,
+            "k": self.k,
+            "tau": self.tau,
+            "alpha": self.alpha,
+        }
+
+    @classmethod
+    def from_row(cls, row: Any) -> Condition:
+        """The condition of a row of ``evals.jsonl`` (a mapping or a DataFrame row)."""
+        k, tau, alpha = (_none_if_nan(row.get(key)) for key in ("k", "tau", "alpha"))
+        if alpha is not None and alpha != "auto":
+            alpha = float(alpha)
+        return cls(
+            kind=str(row.get("kind", "baseline")),
+            head_set=str(_none_if_nan(row.get("head_set")) or ""),
+            k=None if k is None else int(k),
+            tau=None if tau is None else float(tau),
+            alpha=alpha,
+        )
+
+    def intervention(self, heads: Sequence[tuple[int, int]], directions: Any = None) -> Any:
+        """The intervention of this condition on ``heads`` (``None`` for the references)."""
+        if self.kind == "split_softmax":
+            return SplitSoftmax(heads, self.tau)
+        if self.kind == "steering":
+            if directions is None:
+                raise ValueError(f"condition {self.name!r} needs focus directions")
+            return directions.steering(heads, self.alpha)
+        return None
+
+
+def record_rows(run: RunFolder, condition: Condition, frame: pd.DataFrame, data: str) -> None:
+    """Store one condition's per-example rows in ``evals.jsonl``, replacing the rows of the
+    same condition and data label from an earlier run."""
+    frame = frame.copy()
+    extra = {"data": data, **condition.columns()}
+    extra = {"condition": extra.pop("condition"), **extra}
+    for col, value in reversed(list(extra.items())):
+        frame.insert(0, col, [value] * len(frame))
+    old = run.evals()
+    if len(old):
+        labels = old["data"] if "data" in old.columns else pd.Series("test", index=old.index)
+        old = old[(old["condition"] != condition.name) | (labels != data)]
+    combined = pd.concat([old, frame], ignore_index=True) if len(old) else frame
+    run.folder.mkdir(parents=True, exist_ok=True)
+    combined.to_json(run.path("evals"), orient="records", lines=True)
 
 
 def stage_eval(
-    model: Any,
+    model: Model,
     prompts: Sequence[LabeledPrompt],
     run: RunFolder,
+    condition: Condition | None = None,
     *,
-    kind: str = "baseline",
     intervention: Any = None,
-    head_set: str = "",
-    k: int | None = None,
-    tau: float | None = None,
-    alpha: float | str | None = None,
     measure_heads: Sequence[tuple[int, int]] | None = None,
     max_new_tokens: int | None = None,
     data: str = "test",
@@ -311,14 +384,14 @@ def stage_eval(
 ) -> EvalResult:
     """Evaluate one condition and store its rows in ``evals.jsonl``.
 
-    ``kind="gold_only"`` evaluates the gold-only variant of each prompt; the other kinds
-    evaluate the prompts as they are, under ``intervention``. ``data`` labels the prompt
-    set (e.g. ``"test"``, ``"16 documents"``); rows of the same condition and data label
-    from an earlier run are replaced.
+    ``Condition("gold_only")`` evaluates the gold-only variant of each prompt; the other
+    kinds evaluate the prompts as they are, under ``intervention`` (for example
+    ``condition.intervention(heads, directions)``). ``data`` labels the prompt set (e.g.
+    ``"test"``, ``"16 documents"``); rows of the same condition and data label from an
+    earlier run are replaced.
     """
-    if kind not in EVAL_KINDS:
-        raise ValueError(f"kind must be one of {EVAL_KINDS}, got {kind!r}")
-    if kind == "gold_only":
+    condition = condition or Condition()
+    if condition.kind == "gold_only":
         prompts = [p.gold_only() for p in prompts if p.relevant is not None]
     result = evaluate(
         model,
@@ -328,37 +401,62 @@ def stage_eval(
         max_new_tokens=max_new_tokens,
         progress=progress,
     )
-    name = condition_name(kind, head_set, k, tau=tau, alpha=alpha)
-    frame = result.to_dataframe()
-    extra = {
-        "condition": name,
-        "data": data,
-        "kind": kind,
-        "head_set": head_set,
-        "k": k,
-        "tau": tau,
-        "alpha": alpha,
-    }
-    for col, value in reversed(list(extra.items())):
-        frame.insert(0, col, [value] * len(frame))
-    old = run.evals()
-    if len(old):
-        labels = old["data"] if "data" in old.columns else pd.Series("test", index=old.index)
-        old = old[(old["condition"] != name) | (labels != data)]
-    combined = pd.concat([old, frame], ignore_index=True) if len(old) else frame
-    run.folder.mkdir(parents=True, exist_ok=True)
-    combined.to_json(run.path("evals"), orient="records", lines=True)
+    record_rows(run, condition, result.to_dataframe(), data)
     return result
+
+
+def stage_experiment(
+    model: Model,
+    prompts: Sequence[LabeledPrompt],
+    run: RunFolder,
+    *,
+    taus: Sequence[float],
+    seed: int = 0,
+    measure_heads: Sequence[tuple[int, int]] | None = None,
+    max_new_tokens: int | None = None,
+    data: str = "test",
+    progress: bool = True,
+) -> HeadExperiment:
+    """The split-softmax experiment (:func:`focuslens.contextual_head_experiment`) on the
+    run's top-k heads: baseline, gold-only, and split-softmax on the top-k heads and on one
+    random draw of k heads (seed ``seed``) at each tau; every condition's rows go to
+    ``evals.jsonl``."""
+    heads = run.heads()
+    scores = ContextualScores.load(run.need("scores", "scores"))
+    experiment = contextual_head_experiment(
+        model,
+        prompts,
+        ks=[len(heads)],
+        taus=taus,
+        scores=scores,
+        n_random=1,
+        seed=seed,
+        many=0,
+        measure_heads=measure_heads if measure_heads is not None else heads,
+        max_new_tokens=max_new_tokens,
+        progress=progress,
+    )
+    kinds = {"top_k": "top", "random_k": "random"}
+    keys = ["condition", "k", "tau", "seed"]
+    for (name, k, tau, _), rows in experiment.examples.groupby(keys, sort=False, dropna=False):
+        if name in ("baseline", "gold_only"):
+            condition = Condition(name)
+        else:
+            condition = Condition("split_softmax", kinds[name], int(k), tau=float(tau))
+        record_rows(run, condition, rows.drop(columns=keys), data)
+    return experiment
 
 
 __all__ = [
     "EVAL_KINDS",
     "RUN_FILES",
-    "random_control",
     "read_effects",
     "RunFolder",
     "stage_effects",
     "stage_eval",
+    "stage_experiment",
+    "Condition",
+    "record_rows",
     "stage_learn",
     "stage_scores",
 ]

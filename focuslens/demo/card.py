@@ -2,7 +2,7 @@
 
 :func:`accuracy_table` and :func:`head_table` compute the numbers of the card; the card
 writer (``python -m focuslens.demo.card``, also run at the end of ``train.py``) and
-``tests/test_demo_model.py`` both call them, so the card's table is what the tests
+``tests/demo/test_demo_model.py`` both call them, so the card's table is what the tests
 measure. Accuracy comes from :func:`focuslens.evaluate` (greedy answers, exact match);
 head scores from :func:`focuslens.contextual_scores`.
 """

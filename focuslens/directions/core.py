@@ -46,6 +46,7 @@ from torch import Tensor
 from focuslens.directions.steering import Steering, steer
 from focuslens.heads import HeadSet, ranked_from_json, str_head
 from focuslens.model.hooks import n_kv_heads, rotary
+from focuslens.typing import Model
 
 FORMAT = "focuslens.FocusDirections/1"
 """The ``format`` field of the JSON metadata that :meth:`FocusDirections.save` writes."""
@@ -72,7 +73,7 @@ class ModelShape:
     rotary: bool
 
     @classmethod
-    def of(cls, model: Any) -> ModelShape:
+    def of(cls, model: Model) -> ModelShape:
         """The shape of a ``HookedTransformer`` (or anything with a TransformerLens ``cfg``)."""
         cfg = model.cfg
         return cls(
@@ -192,7 +193,7 @@ class FocusDirections:
             raise ValueError(f"k must be between 1 and {len(self.heads)}, got {k}")
         return HeadSet(self.heads[:k])
 
-    def check_model(self, model: Any) -> None:
+    def check_model(self, model: Model) -> None:
         """Refuse a model of another shape, naming both shapes."""
         got = ModelShape.of(model)
         if got != self.shape:
@@ -214,7 +215,9 @@ class FocusDirections:
         )
 
     # ------------------------------------------------------------------ steering
-    def steer(self, model: Any, heads: Any = None, alpha: float | str = 1.0, **kwargs: Any) -> Any:
+    def steer(
+        self, model: Model, heads: Any = None, alpha: float | str = 1.0, **kwargs: Any
+    ) -> Any:
         """Context manager that steers ``model``; see :func:`focuslens.directions.steering.steer`."""
         return steer(self, model, heads, alpha, **kwargs)
 
@@ -289,7 +292,7 @@ class FocusDirections:
         save_file(tensors, str(path), metadata={"focuslens": json.dumps(meta)})
 
     @classmethod
-    def load(cls, path: str | Path, model: Any = None) -> FocusDirections:
+    def load(cls, path: str | Path, model: Model | None = None) -> FocusDirections:
         """Load what :meth:`save` wrote; with ``model``, refuse a model of another shape.
 
         Raises:
@@ -334,7 +337,7 @@ class FocusDirections:
 
     @classmethod
     def from_release(
-        cls, folder: str | Path, model: Any, *, heads_file: str | Path | None = None
+        cls, folder: str | Path, model: Model, *, heads_file: str | Path | None = None
     ) -> FocusDirections:
         """Import the authors' released directions onto ``model``.
 

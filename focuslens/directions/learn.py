@@ -39,20 +39,28 @@ and the target of ``alpha="auto"`` (:func:`focuslens.directions.magnitude.record
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from contextlib import ExitStack
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from focuslens.directions.core import FocusDirections, ModelShape
-from focuslens.heads import HeadSet
-from focuslens.model.hooks import attention_scale, hooks, key_hook_name, n_kv_heads, query_hook_name
+from focuslens.heads import HeadSet, unique_heads
+from focuslens.model.hooks import (
+    attention_scale,
+    attn_hook,
+    hooks,
+    key_hook_name,
+    n_kv_heads,
+    pre_hooks,
+    query_hook_name,
+)
 from focuslens.model.responses import with_responses
+from focuslens.prompts.batch import PromptBatch, batches, pad_token_id
 from focuslens.prompts.spans import LabeledPrompt, TokenizedPrompt
 from focuslens.scores.contextual import contextual_scores
-from focuslens.scores.reduce import prepare, query_rows, span_mass
-from focuslens.typing import QueryRows
+from focuslens.scores.reduce import prepare, span_mass
+from focuslens.typing import Model, QueryRows
 
 LEARNING_RESPONSES = ("gold_only", "given")
 """Where the learning responses come from (see :mod:`focuslens.model.responses`)."""
@@ -65,7 +73,7 @@ class _StopForward(Exception):
 
 # ---------------------------------------------------------------------------- data
 def _learning_prompts(
-    model: Any, prompts: Sequence[LabeledPrompt], response: str, max_new_tokens: int | None
+    model: Model, prompts: Sequence[LabeledPrompt], response: str, max_new_tokens: int | None
 ) -> tuple[list[LabeledPrompt], list[int]]:
     """Labelled prompts with their teacher-forced responses (``gold_only`` or ``given``)."""
     if response not in LEARNING_RESPONSES:
@@ -79,26 +87,13 @@ def _learning_prompts(
     return with_responses(model, prompts, response, max_new_tokens=max_new_tokens)
 
 
-def _relevant_mask(tp: TokenizedPrompt, length: int) -> Tensor:
-    mask = torch.zeros(length)
-    mask[tp.relevant[0] : tp.relevant[1]] = 1  # type: ignore[index]
-    return mask
-
-
 def _batch_rows(
-    batch: list[TokenizedPrompt], query: QueryRows, length: int
+    batch: Sequence[TokenizedPrompt], query: QueryRows, length: int
 ) -> tuple[Tensor, Tensor, Tensor]:
     """``rows [b, r]``, ``row_mask [b, r]`` and relevant key masks ``[b, 1, length]``."""
-    rows_list = [query_rows(tp, query) for tp in batch]
-    n_rows = max(len(r) for r in rows_list)
-    rows = torch.zeros(len(batch), n_rows, dtype=torch.long)
-    row_mask = torch.zeros(len(batch), n_rows)
-    masks = torch.zeros(len(batch), 1, length)
-    for b, tp in enumerate(batch):
-        rows[b, : len(rows_list[b])] = torch.tensor(rows_list[b])
-        row_mask[b, : len(rows_list[b])] = 1
-        masks[b, 0] = _relevant_mask(tp, length)
-    return rows, row_mask, masks
+    prompts = PromptBatch.of(batch)
+    rows, row_mask = prompts.rows(query)
+    return rows, row_mask.float(), prompts.relevant_mask(length)[:, None, :].float()
 
 
 def _pad(seqs: list[Tensor], value: float | int = 0.0) -> Tensor:
@@ -107,7 +102,7 @@ def _pad(seqs: list[Tensor], value: float | int = 0.0) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- caching
-def require_hooked_transformer(model: Any, what: str) -> None:
+def require_hooked_transformer(model: Model, what: str) -> None:
     """Refuse a model that is not a ``HookedTransformer``, saying what to do instead.
 
     Learning runs one attention layer on its cached inputs (``query_input`` /
@@ -128,7 +123,7 @@ def require_hooked_transformer(model: Any, what: str) -> None:
 
 
 def cache_attention_inputs(
-    model: Any, tps: Sequence[TokenizedPrompt], layers: Sequence[int]
+    model: Model, tps: Sequence[TokenizedPrompt], layers: Sequence[int]
 ) -> dict[int, list[tuple[Tensor, Tensor]]]:
     """Per layer and example, the (query, key) inputs of that layer's attention.
 
@@ -139,24 +134,18 @@ def cache_attention_inputs(
     out: dict[int, list[tuple[Tensor, Tensor]]] = {layer: [] for layer in layers}
     device = next(model.parameters()).device
 
-    def grab(module: Any, args: tuple, kwargs: dict, layer: int) -> None:
+    def grab(layer: int, module: Any, args: tuple, kwargs: dict) -> None:
         out[layer].append((kwargs["query_input"][0].detach(), kwargs["key_input"][0].detach()))
 
-    with ExitStack() as stack:
-        for layer in layers:
-            handle = model.blocks[layer].attn.register_forward_pre_hook(
-                lambda m, a, k, layer=layer: grab(m, a, k, layer), with_kwargs=True
-            )
-            stack.callback(handle.remove)
-        with torch.no_grad():
-            for tp in tps:
-                model(tp.tokens[None].to(device), stop_at_layer=max(layers) + 1)
+    with pre_hooks(model, grab, layers=layers), torch.no_grad():
+        for tp in tps:
+            model(tp.tokens[None].to(device), stop_at_layer=max(layers) + 1)
     return out
 
 
 # ---------------------------------------------------------------------------- learned
 def layer_mass(
-    model: Any,
+    model: Model,
     layer: int,
     inputs: tuple[Tensor, Tensor],
     d_q: Tensor,
@@ -192,7 +181,7 @@ def layer_mass(
     fwd = [
         (query_hook_name(model, layer), add_q),
         (key_hook_name(model, layer), add_k),
-        (f"blocks.{layer}.attn.hook_pattern", stop),
+        (attn_hook(layer, "hook_pattern"), stop),
     ]
     query_input, key_input = inputs
     with hooks(model, fwd):
@@ -208,7 +197,7 @@ BatchMass = Callable[[list[int], Tensor, Tensor], Tensor]
 
 
 def cached_batch_mass(
-    model: Any,
+    model: Model,
     layer: int,
     cached: list[tuple[Tensor, Tensor]],
     tps: list[TokenizedPrompt],
@@ -226,7 +215,7 @@ def cached_batch_mass(
 
 
 def train_layer(
-    model: Any,
+    model: Model,
     batch_mass: BatchMass,
     n_examples: int,
     settings: dict[str, Any],
@@ -271,7 +260,7 @@ def train_layer(
 
 
 def _learned(
-    model: Any, tps: list[TokenizedPrompt], layers: list[int], settings: dict[str, Any]
+    model: Model, tps: list[TokenizedPrompt], layers: list[int], settings: dict[str, Any]
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     cache = cache_attention_inputs(model, tps, layers)
     shape = ModelShape.of(model)
@@ -298,7 +287,7 @@ def _learned(
 
 # ---------------------------------------------------------------------------- closed form
 def closed_form_gradient(
-    model: Any,
+    model: Model,
     tps: Sequence[TokenizedPrompt],
     layers: Sequence[int],
     *,
@@ -317,17 +306,15 @@ def closed_form_gradient(
     """
     acc = _GradientSums(model, query)
     device = next(model.parameters()).device
-    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
-    for start in range(0, len(tps), batch_size):
-        batch = list(tps[start : start + batch_size])
-        tokens = _pad([tp.tokens for tp in batch], pad_id).long()
-        acc.batch = _batch_rows(batch, query, tokens.shape[1])
+    for _, prompts in batches(list(tps), batch_size, pad_token_id(model)):
+        tokens = prompts.tokens
+        acc.batch = _batch_rows(prompts.prompts, query, tokens.shape[1])
         fwd = []
         for layer in layers:
             fwd += [
                 (key_hook_name(model, layer), _bind(acc.on_k, layer)),
                 (query_hook_name(model, layer), _bind(acc.on_q, layer)),
-                (f"blocks.{layer}.attn.hook_pattern", _bind(acc.on_pattern, layer)),
+                (attn_hook(layer, "hook_pattern"), _bind(acc.on_pattern, layer)),
             ]
         with torch.no_grad(), hooks(model, fwd):
             model(tokens.to(device), stop_at_layer=max(layers) + 1, return_type=None)
@@ -337,7 +324,7 @@ def closed_form_gradient(
 class _GradientSums:
     """Hook callbacks that sum the closed-form gradient and query norms over examples."""
 
-    def __init__(self, model: Any, query: QueryRows) -> None:
+    def __init__(self, model: Model, query: QueryRows) -> None:
         cfg = model.cfg
         self.model = model
         self.grad = torch.zeros(cfg.n_layers, cfg.n_heads, cfg.d_head)
@@ -377,7 +364,7 @@ def _bind(fn: Callable, layer: int) -> Callable:
 
 
 def _closed_form(
-    model: Any, tps: list[TokenizedPrompt], layers: list[int], settings: dict[str, Any]
+    model: Model, tps: list[TokenizedPrompt], layers: list[int], settings: dict[str, Any]
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
     grad, qnorm = closed_form_gradient(
         model, tps, layers, query=settings["query"], batch_size=settings["batch_size"]
@@ -396,7 +383,7 @@ METHODS: dict[str, Callable[..., tuple[Tensor, Tensor, dict[str, Any]]]] = {
 
 # ---------------------------------------------------------------------------- public
 def learn_focus_directions(
-    model: Any,
+    model: Model,
     prompts: Sequence[LabeledPrompt],
     *,
     heads: Any = None,
@@ -463,7 +450,7 @@ def learn_focus_directions(
         raise ValueError(f"lr must be positive, got {lr!r}")
     if isinstance(prompts, LabeledPrompt):
         prompts = [prompts]
-    ranked = None if heads is None else _ranked(heads, model)
+    ranked = None if heads is None else unique_heads(model, heads)
     answered, skipped = _learning_prompts(model, prompts, response, max_new_tokens)
     tps = prepare(model, answered, query=query, sink=0)
     layers = sorted({layer for layer, _ in ranked}) if ranked else list(range(model.cfg.n_layers))
@@ -504,17 +491,6 @@ def learn_focus_directions(
         from focuslens.directions.magnitude import record_auto_target
 
         out = record_auto_target(model, out, answered)
-    return out
-
-
-def _ranked(heads: Any, model: Any) -> list[tuple[int, int]]:
-    pairs = list(heads) if not isinstance(heads, HeadSet) else list(heads)
-    HeadSet(pairs).validate(model)
-    seen, out = set(), []
-    for layer, head in pairs:
-        if (layer, head) not in seen:
-            seen.add((layer, head))
-            out.append((int(layer), int(head)))
     return out
 
 

@@ -37,13 +37,15 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 from torch import Tensor
 
 from focuslens.heads import HeadSet
+from focuslens.model.hooks import attn_hook, hooks, pre_hooks
+from focuslens.typing import Model
 
 STATISTICS: dict[str, Callable[[Tensor, AutoAlpha], Tensor]] = {}
 """Name -> ``f(rows [batch, heads, key_pos], rule) -> [batch, heads]`` label-free statistic."""
@@ -118,7 +120,7 @@ class AutoAlpha:
         return cls(target=float(table[layers, idx].mean()), **settings)
 
 
-def _statistic(model: Any, rule: AutoAlpha, heads: HeadSet, tokens: Tensor, **kw: Any) -> Tensor:
+def _statistic(model: Model, rule: AutoAlpha, heads: HeadSet, tokens: Tensor, **kw: Any) -> Tensor:
     """``[batch]`` mean statistic of the steered heads at the last query row."""
     rows: dict[int, Tensor] = {}
     by_layer = heads.by_layer()
@@ -127,10 +129,10 @@ def _statistic(model: Any, rule: AutoAlpha, heads: HeadSet, tokens: Tensor, **kw
         rows[layer] = pattern[:, by_layer[layer], -1, :].float()
 
     fwd = [
-        (f"blocks.{layer}.attn.hook_pattern", lambda p, hook, layer=layer: grab(p, hook, layer))
+        (attn_hook(layer, "hook_pattern"), lambda p, hook, layer=layer: grab(p, hook, layer))
         for layer in by_layer
     ]
-    with torch.no_grad(), model.hooks(fwd_hooks=fwd):
+    with torch.no_grad(), hooks(model, fwd):
         model(tokens, stop_at_layer=max(by_layer) + 1, **kw)
     values = torch.cat([STATISTICS[rule.statistic](rows[layer], rule) for layer in by_layer], 1)
     return values.mean(1).cpu()
@@ -175,7 +177,7 @@ def bisect_alpha(
 
 
 def _calibrate(
-    model: Any, rule: AutoAlpha, state: Any, heads: HeadSet, tokens: Tensor, **kw: Any
+    model: Model, rule: AutoAlpha, state: Any, heads: HeadSet, tokens: Tensor, **kw: Any
 ) -> Tensor:
     """Alphas for a batch of sequences, with the steering hooks already in place."""
     saved = (state.alpha, state.positions)
@@ -194,7 +196,7 @@ def _calibrate(
 
 
 def calibrate_state(
-    model: Any, rule: AutoAlpha, state: Any, heads: HeadSet, prompt_tokens: Sequence[Tensor]
+    model: Model, rule: AutoAlpha, state: Any, heads: HeadSet, prompt_tokens: Sequence[Tensor]
 ) -> Tensor:
     """One alpha per prompt (``[n]``), each calibrated on its own prompt tokens."""
     device = next(model.parameters()).device
@@ -205,7 +207,7 @@ def calibrate_state(
 
 
 @contextlib.contextmanager
-def lazy_calibration(model: Any, rule: AutoAlpha, state: Any, heads: HeadSet) -> Iterator[None]:
+def lazy_calibration(model: Model, rule: AutoAlpha, state: Any, heads: HeadSet) -> Iterator[None]:
     """Calibrate alpha on every forward pass that starts a new sequence.
 
     A forward pre-hook on the first block sees the residual stream entering it. A pass
@@ -217,7 +219,7 @@ def lazy_calibration(model: Any, rule: AutoAlpha, state: Any, heads: HeadSet) ->
     """
     busy = {"on": False}
 
-    def pre_hook(module: Any, args: tuple, kwargs: dict) -> None:
+    def pre_hook(layer: int, module: Any, args: tuple, kwargs: dict) -> None:
         entry = kwargs.get("past_kv_cache_entry")
         if busy["on"] or (entry is not None and int(entry.past_keys.shape[1]) > 0):
             return
@@ -236,15 +238,12 @@ def lazy_calibration(model: Any, rule: AutoAlpha, state: Any, heads: HeadSet) ->
         finally:
             busy["on"] = False
 
-    handle = model.blocks[0].register_forward_pre_hook(pre_hook, with_kwargs=True)
-    try:
+    with pre_hooks(model, pre_hook, layers=[0], on="block"):
         yield
-    finally:
-        handle.remove()
 
 
 def record_auto_target(
-    model: Any,
+    model: Model,
     directions: Any,
     prompts: Sequence[Any],
     *,
@@ -289,11 +288,6 @@ def record_auto_target(
         "n_prompts": len(gold),
     }
     return replace(directions, training=training)
-
-
-def rule_summary(rule: AutoAlpha) -> dict[str, Any]:
-    """The rule's settings as a plain dict (for reports)."""
-    return asdict(rule)
 
 
 __all__ = [

@@ -73,6 +73,7 @@ from focuslens.model.hooks import (
     PositionTracker,
     absolute_query_positions,
     attention_scale,
+    attn_hook,
     check_positions,
     hooks,
     key_hook_name,
@@ -80,7 +81,9 @@ from focuslens.model.hooks import (
     query_hook_name,
     query_row_mask,
 )
-from focuslens.prompts.spans import LabeledPrompt, tokenize_prompt
+from focuslens.prompts.batch import tokenized_prompts
+from focuslens.prompts.spans import LabeledPrompt
+from focuslens.typing import Model
 
 if TYPE_CHECKING:  # the directions own their steering (FocusDirections.steer); no cycle
     from focuslens.directions.core import FocusDirections
@@ -174,7 +177,7 @@ def _row_mask(state: SteerState, absolute: Tensor) -> Tensor | None:
 
 
 def _qk_hooks(
-    model: Any, dq: dict, dk: dict, state: SteerState, tracker: PositionTracker
+    model: Model, dq: dict, dk: dict, state: SteerState, tracker: PositionTracker
 ) -> list[tuple[str, Callable]]:
     """Hooks adding ``alpha d_q`` to queries and ``alpha d_k`` (per KV head) to keys."""
 
@@ -212,35 +215,8 @@ def _qk_hooks(
     return out
 
 
-class _CacheEntries:
-    """Records each layer's KV-cache entry (a forward pre-hook), so that a score hook can
-    read all keys on models whose ``hook_k`` sees only the new ones."""
-
-    def __init__(self, model: Any) -> None:
-        self.model = model
-        self.entries: dict[int, Any] = {}
-        self._handles: list[Any] = []
-
-    def __enter__(self) -> _CacheEntries:
-        for layer, block in enumerate(self.model.blocks):
-            self._handles.append(
-                block.attn.register_forward_pre_hook(
-                    lambda m, a, kw, layer=layer: self.entries.__setitem__(
-                        layer, kw.get("past_kv_cache_entry")
-                    ),
-                    with_kwargs=True,
-                )
-            )
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-
-
 def _score_hooks(
-    model: Any, dq: dict, by_layer: dict, state: SteerState, entries: _CacheEntries
+    model: Model, dq: dict, by_layer: dict, state: SteerState, tracker: PositionTracker
 ) -> list[tuple[str, Callable]]:
     """Hooks adding ``alpha d_q . k_j / attn_scale`` to the attention logits."""
     keys: dict[int, Tensor] = {}
@@ -264,7 +240,7 @@ def _score_hooks(
 
     def score_hook(scores: Tensor, hook: Any, layer: int) -> Tensor:
         k = keys.pop(layer)
-        entry = entries.entries.get(layer)
+        entry = tracker.entry(layer)
         if not rotary and entry is not None:
             k = entry.past_keys  # all keys: the cache already holds the new ones
         kv, index, vec, n_heads = table(layer, k.device)
@@ -281,7 +257,7 @@ def _score_hooks(
     out = []
     for layer in dq:
         out.append((key_hook_name(model, layer), _bind(k_hook, layer)))
-        out.append((f"blocks.{layer}.attn.hook_attn_scores", _bind(score_hook, layer)))
+        out.append((attn_hook(layer, "hook_attn_scores"), _bind(score_hook, layer)))
     return out
 
 
@@ -292,7 +268,7 @@ def _bind(fn: Callable, layer: int) -> Callable:
     return hook
 
 
-def _check_form(model: Any, form: str) -> None:
+def _check_form(model: Model, form: str) -> None:
     if form not in FORMS:
         raise ValueError(f"form must be one of {FORMS}, got {form!r}")
     cap = getattr(model.cfg, "attn_scores_soft_cap", -1.0) or -1.0
@@ -315,7 +291,7 @@ def _as_alpha(alpha: Any) -> float | Tensor:
 @contextlib.contextmanager
 def steer(
     directions: FocusDirections,
-    model: Any,
+    model: Model,
     heads: Any = None,
     alpha: float | str | Tensor = 1.0,
     *,
@@ -371,16 +347,15 @@ def steer(
     n_prompt_t = None if n_prompt is None else torch.as_tensor(n_prompt).reshape(-1)
     dq, dk = head_tables(directions, head_set)
     state = SteerState(alpha=0.0, positions=positions, n_prompt=n_prompt_t)
-    tracker, entries = PositionTracker(model), _CacheEntries(model)
+    tracker = PositionTracker(model)
     if form == "qk":
         fwd = _qk_hooks(model, dq, dk, state, tracker)
     else:
-        fwd = _score_hooks(model, dq, head_set.by_layer(), state, entries)
+        fwd = _score_hooks(model, dq, head_set.by_layer(), state, tracker)
     with contextlib.ExitStack() as stack:
-        if positions != "all":
+        needs_cache = form == "scores" and not key_hook_name(model, 0).endswith("rot_k")
+        if positions != "all" or needs_cache:
             stack.enter_context(tracker)
-        if form == "scores" and not key_hook_name(model, 0).endswith("rot_k"):
-            stack.enter_context(entries)
         stack.enter_context(hooks(model, fwd))
         if isinstance(alpha, str):
             if alpha != "auto":
@@ -415,7 +390,7 @@ class Steering:
         auto: Optional :class:`~focuslens.directions.magnitude.AutoAlpha` settings.
         last_alpha: The alphas used by the last ``apply`` (one per prompt), for reports.
         history: Every alpha used, appended on each ``apply`` (``evaluate`` with ``heads``
-            applies twice per prompt, with the same alpha).
+            applies twice per prompt, with the same alpha); the mean alpha of a run.
     """
 
     directions: FocusDirections
@@ -427,17 +402,17 @@ class Steering:
     last_alpha: list[float] = field(default_factory=list)
     history: list[float] = field(default_factory=list)
 
-    def apply(self, model: Any, prompts: Sequence[LabeledPrompt]) -> Any:
+    def apply(self, model: Model, prompts: Sequence[LabeledPrompt]) -> Any:
         """The steering context for a batch of ``prompts`` (as ``evaluate`` passes them)."""
         if isinstance(prompts, LabeledPrompt):
             prompts = [prompts]
-        tps = [tokenize_prompt(model, p) for p in prompts]
+        tps = tokenized_prompts(model, prompts)
         n_prompt = [tp.n_prompt for tp in tps]
         tokens = [tp.tokens[: tp.n_prompt] for tp in tps] if self.alpha == "auto" else None
         return self._context(model, n_prompt, tokens)
 
     @contextlib.contextmanager
-    def _context(self, model: Any, n_prompt: list[int], tokens: Any) -> Iterator[SteerState]:
+    def _context(self, model: Model, n_prompt: list[int], tokens: Any) -> Iterator[SteerState]:
         with steer(
             self.directions,
             model,

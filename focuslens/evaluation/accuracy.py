@@ -49,6 +49,7 @@ from focuslens.model.generation import Generation, answer_tokens, generate_greed
 from focuslens.model.responses import answer_settings
 from focuslens.prompts.spans import LabeledPrompt, TokenizedPrompt, tokenize_prompt
 from focuslens.scores.contextual import contextual_scores
+from focuslens.typing import Model
 
 ATTENTION_KINDS = ("relevant", "distractors", "sink", "other")
 """The attention-allocation columns of :meth:`EvalResult.to_dataframe` (``attn_<kind>``)."""
@@ -141,13 +142,13 @@ class EvalResult:
         return f"EvalResult(n={self.n}, accuracy={self.accuracy:.3f}{heads})"
 
 
-def _check_heads(model: Any, heads: Iterable[Any]) -> list[tuple[int, int]]:
+def _check_heads(model: Model, heads: Iterable[Any]) -> list[tuple[int, int]]:
     """Distinct ``(layer, head)`` pairs, sorted, checked against the model."""
     return list(HeadSet(heads).validate(model))
 
 
 def _allocation(
-    model: Any,
+    model: Model,
     tp: TokenizedPrompt,
     gen: Generation,
     heads: list[tuple[int, int]],
@@ -214,7 +215,7 @@ class _Options:
         return (metric, *answer_settings(prompt, self.max_new_tokens, self.stop_strings))
 
 
-def _one(model: Any, index: int, prompt: LabeledPrompt, options: _Options) -> dict[str, Any]:
+def _one(model: Model, index: int, prompt: LabeledPrompt, options: _Options) -> dict[str, Any]:
     metric, max_new, stops = options.for_prompt(prompt)
     tp = tokenize_prompt(model, prompt)
     with applied(options.intervention, model, [prompt]):
@@ -249,7 +250,7 @@ def _one(model: Any, index: int, prompt: LabeledPrompt, options: _Options) -> di
 
 
 def evaluate(
-    model: Any,
+    model: Model,
     prompts: Sequence[LabeledPrompt] | LabeledPrompt,
     *,
     intervention: Intervention | None = None,

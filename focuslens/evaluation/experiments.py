@@ -33,11 +33,12 @@ from typing import Any
 import pandas as pd
 
 from focuslens.evaluation.accuracy import ATTENTION_KINDS, evaluate
-from focuslens.heads import HeadSet, random_like, top_k
+from focuslens.heads import HeadSet, random_control, top_k
 from focuslens.interventions.oracles import SplitSoftmax
 from focuslens.prompts.spans import LabeledPrompt
 from focuslens.scores.contextual import contextual_scores
 from focuslens.scores.result import ContextualScores
+from focuslens.typing import Model
 
 CONDITIONS = ("baseline", "gold_only", "top_k", "random_k", "many")
 """The conditions of :func:`contextual_head_experiment`, in order."""
@@ -172,15 +173,8 @@ def _row(condition: str, series: str, k: int, tau: float, seed: int, heads: Any,
     return row
 
 
-def _random_control(top: HeadSet, model: Any, seed: int, match_layers: bool) -> HeadSet:
-    try:
-        return random_like(top, model, seed=seed, match_layers=match_layers, disjoint=True)
-    except ValueError:  # not enough other heads: draw among all of them
-        return random_like(top, model, seed=seed, match_layers=match_layers)
-
-
 def contextual_head_experiment(
-    model: Any,
+    model: Model,
     prompts: Sequence[LabeledPrompt],
     *,
     ks: Sequence[int] = (1, 5, 10, 20),
@@ -188,6 +182,7 @@ def contextual_head_experiment(
     scores: ContextualScores | None = None,
     score_prompts: Sequence[LabeledPrompt] | None = None,
     n_random: int = 3,
+    seed: int = 0,
     many: int | None = None,
     match_layers: bool = False,
     measure_heads: Any = None,
@@ -206,8 +201,10 @@ def contextual_head_experiment(
             ``score_prompts`` (which need a ``response``).
         score_prompts: Prompts for head selection; default ``prompts`` (recorded in
             ``meta["selection"]``).
-        n_random: Random head sets per k (seeds 0 .. n_random - 1).
-        many: The ``many`` condition boosts the top ``many`` heads; default every head.
+        n_random: Random head sets per k (seeds ``seed`` .. ``seed + n_random - 1``).
+        seed: The first seed of the random draws.
+        many: The ``many`` condition boosts the top ``many`` heads; default every head;
+            ``0`` leaves the condition out.
         match_layers: Random controls keep the top-k set's number of heads per layer.
         measure_heads: Heads whose attention allocation is reported; default the top
             ``max(ks)``.
@@ -241,7 +238,9 @@ def contextual_head_experiment(
         if score_prompts is None:
             selection = "same prompts"
         scores = contextual_scores(model, score_prompts or prompts, progress=progress)
-    many_heads = top_k(scores, many or n_total)
+    if many is not None and (isinstance(many, bool) or not isinstance(many, int) or many < 0):
+        raise ValueError(f"many must be None or an int >= 0, got {many!r}")
+    many_heads = top_k(scores, n_total if many is None else many) if many != 0 else None
     measure = HeadSet(measure_heads) if measure_heads is not None else top_k(scores, max(ks))
     runs: list[tuple[dict[str, Any], Any]] = []
 
@@ -264,10 +263,11 @@ def contextual_head_experiment(
         for k in ks:
             top = top_k(scores, k)
             run("top_k", f"top-k, tau={tau}", k, tau, -1, top, prompts)
-            for seed in range(n_random):
-                ctrl = _random_control(top, model, seed, match_layers)
-                run("random_k", f"random k, tau={tau}", k, tau, seed, ctrl, prompts)
-        run("many", f"many heads, tau={tau}", len(many_heads), tau, -1, many_heads, prompts)
+            for draw in range(seed, seed + n_random):
+                ctrl = random_control(top, model, seed=draw, match_layers=match_layers)
+                run("random_k", f"random k, tau={tau}", k, tau, draw, ctrl, prompts)
+        if many_heads is not None:
+            run("many", f"many heads, tau={tau}", len(many_heads), tau, -1, many_heads, prompts)
     frame = pd.DataFrame([row for row, _ in runs], columns=list(COLUMNS))
     examples = pd.concat(
         [

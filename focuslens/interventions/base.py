@@ -13,6 +13,7 @@ from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
 from focuslens.prompts.spans import LabeledPrompt
+from focuslens.typing import Model
 
 
 @runtime_checkable
@@ -35,12 +36,12 @@ class Intervention(Protocol):
     """
 
     def apply(
-        self, model: Any, prompts: Sequence[LabeledPrompt]
+        self, model: Model, prompts: Sequence[LabeledPrompt]
     ) -> AbstractContextManager[Any]: ...
 
 
 def applied(
-    intervention: Intervention | None, model: Any, prompts: list[LabeledPrompt]
+    intervention: Intervention | None, model: Model, prompts: list[LabeledPrompt]
 ) -> AbstractContextManager[Any]:
     return contextlib.nullcontext() if intervention is None else intervention.apply(model, prompts)
 

@@ -48,7 +48,10 @@ from torch import Tensor
 from focuslens.heads import HeadScores, HeadSet
 from focuslens.interventions.oracles import HeadAblation, head_means
 from focuslens.model import hooks as hooking
+from focuslens.model.hooks import attn_hook
+from focuslens.prompts.batch import PromptBatch, batches, pad_token_id
 from focuslens.prompts.spans import LabeledPrompt, TokenizedPrompt, tokenize_prompt
+from focuslens.typing import Model
 
 
 @dataclass
@@ -92,7 +95,7 @@ class HeadEffects(HeadScores):
 
 # ------------------------------------------------------------------ answer log-prob
 def answer_prompts(
-    model: Any,
+    model: Model,
     prompts: Sequence[LabeledPrompt] | LabeledPrompt,
     *,
     target: str = "answer",
@@ -130,55 +133,25 @@ def answer_prompts(
     return out
 
 
-@dataclass(frozen=True)
-class _Batch:
-    index: slice
-    tokens: Tensor  # [batch, pos], right padded
-    rows: Tensor  # [batch, n_rows] positions that predict the answer tokens
-    targets: Tensor  # [batch, n_rows] the answer tokens
-    row_mask: Tensor  # [batch, n_rows]
-    n_prompt: Tensor  # [batch]
-    real: Tensor  # [batch, pos] 1 on real tokens
-
-
-def _batches(tps: list[TokenizedPrompt], batch_size: int) -> Iterator[_Batch]:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    for start in range(0, len(tps), batch_size):
-        chunk = tps[start : start + batch_size]
-        length = max(len(tp) for tp in chunk)
-        n_rows = max(tp.n_response for tp in chunk)
-        tokens = torch.zeros(len(chunk), length, dtype=torch.long)
-        rows = torch.zeros(len(chunk), n_rows, dtype=torch.long)
-        targets = torch.zeros(len(chunk), n_rows, dtype=torch.long)
-        row_mask = torch.zeros(len(chunk), n_rows)
-        real = torch.zeros(len(chunk), length)
-        for b, tp in enumerate(chunk):
-            n = tp.n_response
-            tokens[b, : len(tp)] = tp.tokens
-            rows[b, :n] = torch.arange(tp.n_prompt - 1, len(tp) - 1)
-            targets[b, :n] = tp.tokens[tp.n_prompt :]
-            row_mask[b, :n] = 1
-            real[b, : len(tp)] = 1
-        n_prompt = torch.tensor([tp.n_prompt for tp in chunk])
-        yield _Batch(
-            slice(start, start + len(chunk)), tokens, rows, targets, row_mask, n_prompt, real
-        )
-
-
-def _logprob(model: Any, batch: _Batch) -> Float[Tensor, " batch"]:
+def _logprob(model: Model, batch: PromptBatch) -> Float[Tensor, " batch"]:
     """Sum of the answer tokens' log-probabilities, one per prompt of the batch."""
     device = next(model.parameters()).device
     logits = model(batch.tokens.to(device))
-    rows = batch.rows.to(logits.device)
+    rows, row_mask = (t.to(logits.device) for t in batch.rows("predict"))
     picked = logits.gather(1, rows[:, :, None].expand(-1, -1, logits.shape[-1]))
     logp = picked.float().log_softmax(-1)
-    token_logp = logp.gather(2, batch.targets.to(logits.device)[:, :, None])[..., 0]
-    return (token_logp * batch.row_mask.to(logits.device)).sum(1)
+    token_logp = logp.gather(2, batch.targets().to(logits.device)[:, :, None])[..., 0]
+    return (token_logp * row_mask).sum(1)
+
+
+def _batches(
+    model: Model, tps: list[TokenizedPrompt], batch_size: int
+) -> Iterator[tuple[slice, PromptBatch]]:
+    return batches(tps, batch_size, pad_token_id(model))
 
 
 def answer_logprob(
-    model: Any,
+    model: Model,
     prompts: Sequence[LabeledPrompt],
     *,
     target: str = "answer",
@@ -192,18 +165,18 @@ def answer_logprob(
     """
     tps = answer_prompts(model, prompts, target=target, answer_prefix=answer_prefix)
     with torch.no_grad():
-        return torch.cat([_logprob(model, b).cpu() for b in _batches(tps, batch_size)])
+        return torch.cat([_logprob(model, b).cpu() for _, b in _batches(model, tps, batch_size)])
 
 
 # -------------------------------------------------------------------------- ablation
-def _heads_or_all(model: Any, heads: Any) -> HeadSet:
+def _heads_or_all(model: Model, heads: Any) -> HeadSet:
     if heads is None:
         n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
         return HeadSet((l, h) for l in range(n_layers) for h in range(n_heads))
     return HeadSet(heads).validate(model)
 
 
-def _means(model: Any, mode: str, means: Tensor | None, tps: list[TokenizedPrompt]):
+def _means(model: Model, mode: str, means: Tensor | None, tps: list[TokenizedPrompt]):
     if mode not in ("zero", "mean"):
         raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
     if mode == "zero":
@@ -220,7 +193,7 @@ def _means(model: Any, mode: str, means: Tensor | None, tps: list[TokenizedPromp
 
 
 def ablation_effects(
-    model: Any,
+    model: Model,
     prompts: Sequence[LabeledPrompt],
     *,
     heads: Any = None,
@@ -256,14 +229,14 @@ def ablation_effects(
     effects = torch.full((len(tps), n_layers, n_heads), float("nan"))
     baseline = torch.zeros(len(tps))
     with torch.no_grad():
-        for batch in _batches(tps, batch_size):
+        for index, batch in _batches(model, tps, batch_size):
             clean = _logprob(model, batch).cpu()
-            baseline[batch.index] = clean
-            chunk = tps[batch.index]
+            baseline[index] = clean
+            chunk = tps[index]
             for layer, head in chosen:
                 ablation = HeadAblation([(layer, head)], mode, means=means, positions=positions)
                 with ablation.apply(model, chunk):
-                    effects[batch.index, layer, head] = _logprob(model, batch).cpu() - clean
+                    effects[index, layer, head] = _logprob(model, batch).cpu() - clean
     return HeadEffects(
         values=effects.mean(0),
         per_example=effects,
@@ -276,7 +249,7 @@ def ablation_effects(
 
 
 def joint_ablation_effect(
-    model: Any,
+    model: Model,
     prompts: Sequence[LabeledPrompt],
     heads: Any,
     *,
@@ -294,9 +267,9 @@ def joint_ablation_effect(
     ablation = HeadAblation(chosen, mode, means=means, positions=positions)
     out = []
     with torch.no_grad():
-        for batch in _batches(tps, batch_size):
+        for index, batch in _batches(model, tps, batch_size):
             clean = _logprob(model, batch)
-            with ablation.apply(model, tps[batch.index]):
+            with ablation.apply(model, tps[index]):
                 out.append((_logprob(model, batch) - clean).cpu())
     return torch.cat(out)
 
@@ -309,7 +282,7 @@ def _record_z(z: Tensor, hook: Any, *, layer: int, zs: dict, deltas: dict) -> Te
 
 
 def attribution_patching(
-    model: Any,
+    model: Model,
     prompts: Sequence[LabeledPrompt],
     *,
     mode: str = "zero",
@@ -330,11 +303,11 @@ def attribution_patching(
     means = _means(model, mode, means, tps)
     n_layers = model.cfg.n_layers
     per_example, baseline = [], []
-    for batch in _batches(tps, batch_size):
+    for _, batch in _batches(model, tps, batch_size):
         zs: dict[int, Tensor] = {}
         deltas: dict[int, Tensor] = {}
         fwd = [
-            (f"blocks.{l}.attn.hook_z", partial(_record_z, layer=l, zs=zs, deltas=deltas))
+            (attn_hook(l, "hook_z"), partial(_record_z, layer=l, zs=zs, deltas=deltas))
             for l in range(n_layers)
         ]
         with torch.enable_grad(), hooking.hooks(model, fwd):

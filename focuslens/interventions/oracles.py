@@ -50,8 +50,10 @@ from torch import Tensor
 
 from focuslens.heads import HeadSet
 from focuslens.model import hooks as hooking
-from focuslens.prompts.spans import LabeledPrompt, TokenizedPrompt, tokenize_prompt
-from focuslens.typing import AttnScores, Pattern
+from focuslens.model.hooks import attn_hook
+from focuslens.prompts.batch import PromptBatch, batches, pad_token_id, tokenized_prompts
+from focuslens.prompts.spans import TokenizedPrompt
+from focuslens.typing import AttnScores, Model, Pattern
 
 PromptsLike = Any
 """A LabeledPrompt or TokenizedPrompt, or a sequence of them (checked at run time, with
@@ -91,44 +93,11 @@ class SpanBatch:
             )
 
 
-def tokenized(model: Any, prompts: PromptsLike) -> list[TokenizedPrompt]:
-    """Tokenise labelled prompts (TokenizedPrompts pass through), with indexed errors."""
-    if isinstance(prompts, (LabeledPrompt, TokenizedPrompt)):
-        prompts = [prompts]
-    if isinstance(prompts, (str, bytes)) or not isinstance(prompts, Sequence):
-        raise TypeError(
-            f"expected labelled prompts (LabeledPrompt or TokenizedPrompt, or a list of them), "
-            f"got {type(prompts).__name__}"
-        )
-    if len(prompts) == 0:
-        raise ValueError("no prompts given")
-    out = []
-    for i, p in enumerate(prompts):
-        if isinstance(p, TokenizedPrompt):
-            out.append(p)
-        elif isinstance(p, LabeledPrompt):
-            try:
-                out.append(tokenize_prompt(model, p))
-            except ValueError as exc:
-                raise ValueError(f"prompt {i}: {exc}") from None
-        else:
-            raise TypeError(
-                f"prompt {i} is a {type(p).__name__}, expected a LabeledPrompt or TokenizedPrompt"
-            )
-    return out
-
-
 def span_batch(tps: Sequence[TokenizedPrompt]) -> SpanBatch:
     """The :class:`SpanBatch` of tokenised prompts (right padded to the longest)."""
-    length = max(len(tp) for tp in tps)
-    relevant = torch.zeros(len(tps), length, dtype=torch.bool)
-    for b, tp in enumerate(tps):
-        if tp.relevant is not None:
-            relevant[b, tp.relevant[0] : tp.relevant[1]] = True
+    batch = PromptBatch.of(tps)
     return SpanBatch(
-        relevant=relevant,
-        n_prompt=torch.tensor([tp.n_prompt for tp in tps]),
-        has_span=torch.tensor([tp.relevant is not None for tp in tps]),
+        relevant=batch.relevant_mask(), n_prompt=batch.n_prompt, has_span=batch.has_relevant
     )
 
 
@@ -154,11 +123,11 @@ class _OnHeads:
         hooking.check_positions(positions)
         self.positions = positions
 
-    def _hooks(self, model: Any, hook: Any) -> list[tuple[str, Any]]:
+    def _hooks(self, model: Model, hook: Any) -> list[tuple[str, Any]]:
         out = []
         for layer, heads in self.heads.validate(model).by_layer().items():
             index = torch.tensor(heads)
-            out.append((f"blocks.{layer}.attn.{self.hook_point}", partial(hook, heads=index)))
+            out.append((attn_hook(layer, self.hook_point), partial(hook, heads=index, layer=layer)))
         return out
 
     def _rows(self, batch: SpanBatch, n_query: int, n_key: int, device: Any) -> torch.Tensor:
@@ -177,14 +146,14 @@ class _SpanOracle(_OnHeads):
             raise ValueError(f"missing must be 'raise' or 'skip', got {missing!r}")
         self.missing = missing
 
-    def _spans(self, model: Any, prompts: PromptsLike) -> SpanBatch:
+    def _spans(self, model: Model, prompts: PromptsLike) -> SpanBatch:
         name = type(self).__name__
         if prompts is None:
             raise ValueError(
                 f"{name} is an oracle intervention: it needs the labelled prompts of the batch "
                 "(their relevant spans); call apply(model, prompts)"
             )
-        tps = tokenized(model, prompts)
+        tps = tokenized_prompts(model, prompts)
         absent = [i for i, tp in enumerate(tps) if tp.relevant is None]
         if absent and self.missing == "raise":
             raise ValueError(
@@ -194,7 +163,7 @@ class _SpanOracle(_OnHeads):
             )
         return span_batch(tps)
 
-    def apply(self, model: Any, prompts: PromptsLike) -> AbstractContextManager[Any]:
+    def apply(self, model: Model, prompts: PromptsLike) -> AbstractContextManager[Any]:
         """A context manager that intervenes on forward passes over ``prompts``.
 
         Args:
@@ -205,7 +174,9 @@ class _SpanOracle(_OnHeads):
         batch = self._spans(model, prompts)
         return hooking.hooks(model, self._hooks(model, partial(self._hook, batch=batch)))
 
-    def _hook(self, act: torch.Tensor, hook: Any, *, heads: torch.Tensor, batch: SpanBatch):
+    def _hook(
+        self, act: torch.Tensor, hook: Any, *, heads: torch.Tensor, layer: int, batch: SpanBatch
+    ):
         raise NotImplementedError
 
 
@@ -282,7 +253,9 @@ class SplitSoftmax(_SpanOracle):
         self.tau = _check_number("tau", tau)
         super().__init__(heads, positions, missing)
 
-    def _hook(self, pattern: Pattern, hook: Any, *, heads: torch.Tensor, batch: SpanBatch):
+    def _hook(
+        self, pattern: Pattern, hook: Any, *, heads: torch.Tensor, layer: int, batch: SpanBatch
+    ):
         b, _, n_query, n_key = pattern.shape
         batch.check(b, "SplitSoftmax")
         device = pattern.device
@@ -329,7 +302,9 @@ class Pasta(_SpanOracle):
         self.boost = boost
         super().__init__(heads, positions, missing)
 
-    def _hook(self, scores: AttnScores, hook: Any, *, heads: torch.Tensor, batch: SpanBatch):
+    def _hook(
+        self, scores: AttnScores, hook: Any, *, heads: torch.Tensor, layer: int, batch: SpanBatch
+    ):
         b, _, n_query, n_key = scores.shape
         batch.check(b, "Pasta")
         device = scores.device
@@ -351,16 +326,14 @@ class Pasta(_SpanOracle):
 
 # ---------------------------------------------------------------------------- ablation
 def head_means(
-    model: Any, prompts: PromptsLike, *, batch_size: int = 8
+    model: Model, prompts: PromptsLike, *, batch_size: int = 8
 ) -> Float[Tensor, "n_layers n_heads d_head"]:
     """Mean of each head's output ``hook_z`` over every real token of ``prompts``.
 
     The reference for mean-ablation (:class:`HeadAblation` with ``mode="mean"``):
     prompt and response tokens of every prompt count, padding does not.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    tps = tokenized(model, prompts)
+    tps = tokenized_prompts(model, prompts)
     n_layers = model.cfg.n_layers
     sums: dict[int, torch.Tensor] = {}
     count = 0
@@ -370,19 +343,11 @@ def head_means(
         total = (z.double() * real.to(z.device)[:, :, None, None]).sum((0, 1)).cpu()
         sums[layer] = sums.get(layer, 0) + total
 
-    for start in range(0, len(tps), batch_size):
-        chunk = tps[start : start + batch_size]
-        length = max(len(tp) for tp in chunk)
-        tokens = torch.zeros(len(chunk), length, dtype=torch.long)
-        real = torch.zeros(len(chunk), length)
-        for b, tp in enumerate(chunk):
-            tokens[b, : len(tp)] = tp.tokens
-            real[b, : len(tp)] = 1
-        fwd = [
-            (f"blocks.{l}.attn.hook_z", partial(add, layer=l, real=real)) for l in range(n_layers)
-        ]
+    for _, batch in batches(tps, batch_size, pad_token_id(model)):
+        real = batch.real.float()
+        fwd = [(attn_hook(l, "hook_z"), partial(add, layer=l, real=real)) for l in range(n_layers)]
         with torch.no_grad(), hooking.hooks(model, fwd):
-            model(tokens.to(device), return_type=None)
+            model(batch.tokens.to(device), return_type=None)
         count += int(real.sum())
     return torch.stack([sums[l] / count for l in range(n_layers)]).float()
 
@@ -422,7 +387,7 @@ class HeadAblation(_OnHeads):
         self.mode = mode
         self.means = means
 
-    def apply(self, model: Any, prompts: PromptsLike = None) -> AbstractContextManager[Any]:
+    def apply(self, model: Model, prompts: PromptsLike = None) -> AbstractContextManager[Any]:
         """A context manager that ablates the heads in forward passes of ``model``."""
         cfg = model.cfg
         if self.means is not None:
@@ -439,21 +404,17 @@ class HeadAblation(_OnHeads):
                     f"positions={self.positions!r} needs the prompts of the batch (their "
                     "prompt lengths); call apply(model, prompts)"
                 )
-            n_prompt = torch.tensor([tp.n_prompt for tp in tokenized(model, prompts)])
+            n_prompt = torch.tensor([tp.n_prompt for tp in tokenized_prompts(model, prompts)])
         return self._context(model, n_prompt)
 
     @contextmanager
-    def _context(self, model: Any, n_prompt: torch.Tensor | None):
+    def _context(self, model: Model, n_prompt: torch.Tensor | None):
         with ExitStack() as stack:
             tracker = None
             if n_prompt is not None:
                 tracker = stack.enter_context(hooking.PositionTracker(model))
             hook = partial(self._hook, n_prompt=n_prompt, tracker=tracker)
-            fwd = [
-                (name, partial(fn, layer=int(name.split(".")[1])))
-                for name, fn in self._hooks(model, hook)
-            ]
-            stack.enter_context(hooking.hooks(model, fwd))
+            stack.enter_context(hooking.hooks(model, self._hooks(model, hook)))
             yield model
 
     def _hook(

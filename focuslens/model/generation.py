@@ -31,6 +31,8 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from focuslens.typing import Model
+
 StopReason = Literal["eos", "stop_string", "max_new_tokens", "n_ctx"]
 
 
@@ -51,7 +53,7 @@ class Generation:
     stop_reason: StopReason
 
 
-def _device(model: Any) -> torch.device:
+def _device(model: Model) -> torch.device:
     try:
         return next(model.parameters()).device
     except (AttributeError, StopIteration):
@@ -107,7 +109,7 @@ def find_stop(text: str, stop_strings: Sequence[str]) -> int | None:
 
 
 def _stepper(
-    model: Any, prompt: Tensor, use_cache: bool, chunk_size: int | None = None
+    model: Model, prompt: Tensor, use_cache: bool, chunk_size: int | None = None
 ) -> Callable[[int | None], Tensor]:
     """``step(token)`` feeds a new token (None: the prompt) and returns the next logits."""
     from transformer_lens import HookedTransformer
@@ -149,7 +151,7 @@ def _stepper(
 
 
 def generate_greedy(
-    model: Any,
+    model: Model,
     tokens: Int[Tensor, "*batch pos"] | Sequence[int],
     *,
     max_new_tokens: int = 100,

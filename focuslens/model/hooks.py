@@ -13,16 +13,22 @@ number of cached positions:
   :class:`PositionTracker` records each layer's cache length just before the
   attention module runs.
 
-Every hook lives inside a context manager that removes it in ``finally``.
+Hook names are built in one place (:func:`attn_hook`); hooks on hook points go through
+:func:`hooks` (TransformerLens's ``model.hooks``, with a check that each point exists), and
+hooks on a module's inputs through :func:`pre_hooks`. Every hook lives inside a context
+manager that removes it in ``finally``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import ExitStack, contextmanager
+from functools import partial
 from typing import Any, Literal
 
 import torch
+
+from focuslens.typing import Model
 
 Positions = Literal["all", "prompt", "generated"]
 POSITIONS = ("all", "prompt", "generated")
@@ -60,39 +66,44 @@ def query_row_mask(
 
 
 class PositionTracker:
-    """Records, per layer, how many positions the KV cache held before this forward pass.
+    """Records, per layer, the KV-cache entry and how many positions it held before this pass.
 
-    Use as a context manager; read :meth:`offset` from hooks of the same layer.
+    Use as a context manager (:func:`pre_hooks` on every attention module); read
+    :meth:`offset` or :meth:`entry` from hooks of the same layer. The offset is taken
+    before the attention module appends the new keys to the cache.
     """
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Model) -> None:
         self.model = model
         self._offsets: dict[int, int] = {}
-        self._handles: list[Any] = []
+        self._entries: dict[int, Any] = {}
+        self._stack: ExitStack | None = None
 
-    def _pre_hook(self, module: Any, args: tuple, kwargs: dict, layer: int) -> None:
+    def _record(self, layer: int, module: Any, args: tuple, kwargs: dict) -> None:
         entry = kwargs.get("past_kv_cache_entry")
+        self._entries[layer] = entry
         self._offsets[layer] = 0 if entry is None else int(entry.past_keys.shape[1])
 
     def offset(self, layer: int) -> int:
         return self._offsets.get(layer, 0)
 
+    def entry(self, layer: int) -> Any:
+        """The layer's KV-cache entry in the current pass (``None`` without a cache)."""
+        return self._entries.get(layer)
+
     def __enter__(self) -> PositionTracker:
-        for layer, block in enumerate(self.model.blocks):
-            handle = block.attn.register_forward_pre_hook(
-                lambda m, a, k, layer=layer: self._pre_hook(m, a, k, layer), with_kwargs=True
-            )
-            self._handles.append(handle)
+        self._stack = ExitStack()
+        self._stack.enter_context(pre_hooks(self.model, self._record))
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        if self._stack is not None:
+            self._stack.close()
+            self._stack = None
 
 
 @contextmanager
-def hooks(model: Any, fwd_hooks: list[tuple[str, Any]]) -> Iterator[Any]:
+def hooks(model: Model, fwd_hooks: list[tuple[str, Any]]) -> Iterator[Any]:
     """``model.hooks(...)`` with a check that every hook point exists, naming the missing one."""
     names = set(model.hook_dict)
     missing = [name for name, _ in fwd_hooks if isinstance(name, str) and name not in names]
@@ -105,32 +116,106 @@ def hooks(model: Any, fwd_hooks: list[tuple[str, Any]]) -> Iterator[Any]:
         yield m
 
 
-def rotary(model: Any) -> bool:
+PreHook = Callable[[int, Any, tuple, dict], Any]
+"""``hook(layer, module, args, kwargs)``: a forward pre-hook told which layer it is on."""
+
+
+def _on_layer(hook: PreHook, layer: int, module: Any, args: tuple, kwargs: dict) -> Any:
+    return hook(layer, module, args, kwargs)
+
+
+@contextmanager
+def pre_hooks(
+    model: Model,
+    hook: PreHook,
+    *,
+    layers: Iterable[int] | None = None,
+    on: Literal["attn", "block"] = "attn",
+) -> Iterator[None]:
+    """Forward pre-hooks (with keyword arguments) on each layer's attention module or block.
+
+    The one way focuslens hooks a module's inputs: ``hook(layer, module, args, kwargs)``
+    sees what the module is called with (the KV-cache entry, the attention inputs); what
+    it returns replaces ``(args, kwargs)`` as in PyTorch. Removed in ``finally``.
+    """
+    handles = []
+    try:
+        for layer in range(model.cfg.n_layers) if layers is None else layers:
+            block = model.blocks[layer]
+            module = block.attn if on == "attn" else block
+            handles.append(
+                module.register_forward_pre_hook(partial(_on_layer, hook, layer), with_kwargs=True)
+            )
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+ATTENTION_HOOKS = (
+    "hook_q",
+    "hook_k",
+    "hook_v",
+    "hook_rot_q",
+    "hook_rot_k",
+    "hook_attn_scores",
+    "hook_pattern",
+    "hook_z",
+)
+"""The attention hook points focuslens reads or writes, under both backends."""
+
+
+def attn_hook(layer: int, point: str) -> str:
+    """The name of an attention hook point: ``attn_hook(3, "hook_pattern")`` is
+    ``"blocks.3.attn.hook_pattern"``. The one place focuslens builds hook names."""
+    if point not in ATTENTION_HOOKS:
+        raise ValueError(f"unknown attention hook point {point!r}; one of {ATTENTION_HOOKS}")
+    return f"blocks.{int(layer)}.attn.{point}"
+
+
+def layer_hooks(
+    layers: Iterable[int], point: str, hook: Callable[..., Any]
+) -> list[tuple[str, Any]]:
+    """``[(attn_hook(l, point), hook bound to layer=l), ...]``: one hook per layer that is
+    told its layer (``hook(act, hook=..., layer=l)``), never parsed back from the name."""
+    return [(attn_hook(layer, point), partial(hook, layer=layer)) for layer in layers]
+
+
+def active_hook_points(model: Model, points: tuple[str, ...]) -> list[str]:
+    """Hook points whose name ends with one of ``points`` that have hooks registered."""
+    return [
+        name
+        for name, point in model.hook_dict.items()
+        if name.endswith(points) and len(getattr(point, "fwd_hooks", ()))
+    ]
+
+
+def rotary(model: Model) -> bool:
     """Whether the model uses rotary position embeddings (steer after rotation)."""
     return getattr(model.cfg, "positional_embedding_type", None) == "rotary"
 
 
-def query_hook_name(model: Any, layer: int) -> str:
+def query_hook_name(model: Model, layer: int) -> str:
     """``hook_rot_q`` for rotary models, ``hook_q`` otherwise (METHOD.md section 4)."""
-    return f"blocks.{layer}.attn.hook_rot_q" if rotary(model) else f"blocks.{layer}.attn.hook_q"
+    return attn_hook(layer, "hook_rot_q" if rotary(model) else "hook_q")
 
 
-def key_hook_name(model: Any, layer: int) -> str:
+def key_hook_name(model: Model, layer: int) -> str:
     """``hook_rot_k`` for rotary models, ``hook_k`` otherwise."""
-    return f"blocks.{layer}.attn.hook_rot_k" if rotary(model) else f"blocks.{layer}.attn.hook_k"
+    return attn_hook(layer, "hook_rot_k" if rotary(model) else "hook_k")
 
 
-def n_kv_heads(model: Any) -> int:
+def n_kv_heads(model: Model) -> int:
     """Number of key/value heads (``n_heads`` without grouped-query attention)."""
     return int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
 
 
-def kv_head_of(model: Any, head: int) -> int:
+def kv_head_of(model: Model, head: int) -> int:
     """The key/value head that query head ``head`` reads under grouped-query attention."""
     return head // (model.cfg.n_heads // n_kv_heads(model))
 
 
-def attention_scale(model: Any, layer: int) -> float:
+def attention_scale(model: Model, layer: int) -> float:
     """What layer ``layer`` divides ``q . k`` by before the softmax.
 
     ``attn_scale`` on a ``HookedTransformer``; on a ``TransformerBridge`` the wrapped
@@ -151,6 +236,11 @@ def attention_scale(model: Any, layer: int) -> float:
 
 
 __all__ = [
+    "ATTENTION_HOOKS",
+    "active_hook_points",
+    "attn_hook",
+    "layer_hooks",
+    "pre_hooks",
     "POSITIONS",
     "absolute_query_positions",
     "attention_scale",

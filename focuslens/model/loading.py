@@ -24,6 +24,9 @@ from typing import Any
 
 import torch
 
+from focuslens.model.hooks import attn_hook, hooks
+from focuslens.typing import Model
+
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
@@ -50,13 +53,13 @@ class BackendReport:
         return "\n".join(lines)
 
 
-def _probe_tokens(model: Any, n: int = 8) -> torch.Tensor:
+def _probe_tokens(model: Model, n: int = 8) -> torch.Tensor:
     device = next(model.parameters()).device
     vocab = int(model.cfg.d_vocab)
     return (torch.arange(n, device=device) * 7 + 3)[None] % vocab
 
 
-def check_backend(model: Any, *, strict: bool = True) -> BackendReport:
+def check_backend(model: Model, *, strict: bool = True) -> BackendReport:
     """Check, on the model itself, the hook behaviour that focuslens relies on.
 
     Args:
@@ -73,10 +76,7 @@ def check_backend(model: Any, *, strict: bool = True) -> BackendReport:
     names = set(getattr(model, "hook_dict", {}))
     needed = ["hook_attn_scores", "hook_pattern", "hook_z", "hook_q", "hook_k"]
     missing = [
-        f"blocks.{l}.attn.{h}"
-        for l in range(n_layers)
-        for h in needed
-        if f"blocks.{l}.attn.{h}" not in names
+        attn_hook(l, h) for l in range(n_layers) for h in needed if attn_hook(l, h) not in names
     ]
     report.checks["attention hook points exist"] = not missing
     if missing:
@@ -89,15 +89,16 @@ def check_backend(model: Any, *, strict: bool = True) -> BackendReport:
         captured[hook.name] = x.detach().clone()
 
     with torch.no_grad():
-        with model.hooks(
-            fwd_hooks=[
-                (f"blocks.{l}.attn.{h}", keep)
+        with hooks(
+            model,
+            [
+                (attn_hook(l, h), keep)
                 for l in range(n_layers)
                 for h in ("hook_attn_scores", "hook_pattern")
-            ]
+            ],
         ):
             base = model(tokens)
-        patterns = [captured[f"blocks.{l}.attn.hook_pattern"] for l in range(n_layers)]
+        patterns = [captured[attn_hook(l, "hook_pattern")] for l in range(n_layers)]
         sums = torch.stack([p.float().sum(-1) for p in patterns])
         sinks = bool(getattr(model.cfg, "use_attention_sinks", False))
         report.checks["pattern rows sum to 1"] = sinks or bool(
@@ -105,7 +106,7 @@ def check_backend(model: Any, *, strict: bool = True) -> BackendReport:
         )
         if sinks:
             report.notes.append("the model has learned attention sinks: rows sum to less than 1")
-        scores = captured["blocks.0.attn.hook_attn_scores"].float()
+        scores = captured[attn_hook(0, "hook_attn_scores")].float()
         softmaxed = torch.softmax(scores, dim=-1)
         report.checks["hook_attn_scores is pre-softmax"] = sinks or bool(
             torch.allclose(softmaxed, patterns[0].float(), atol=1e-4)
@@ -116,7 +117,7 @@ def check_backend(model: Any, *, strict: bool = True) -> BackendReport:
             causal = torch.tril(torch.ones(n, n, device=pattern.device, dtype=pattern.dtype))
             return (causal / causal.sum(-1, keepdim=True)).expand_as(pattern)
 
-        with model.hooks(fwd_hooks=[(f"blocks.{n_layers - 1}.attn.hook_pattern", uniform)]):
+        with hooks(model, [(attn_hook(n_layers - 1, "hook_pattern"), uniform)]):
             changed = model(tokens)
         report.checks["a write at hook_pattern takes effect"] = not torch.allclose(changed, base)
     return _finish(report, strict)

@@ -1,4 +1,4 @@
-"""Long contexts: chunked prefill through the KV cache, and scores without patterns.
+"""Long contexts: chunked prefill through the KV cache.
 
 Why: a ``HookedTransformer`` forward builds every layer's full ``[n_heads, n, n]``
 attention pattern. For a GPT-2-small-shaped model at 32,768 tokens that is 48 GiB per
@@ -12,29 +12,9 @@ at most ``n_heads x chunk_size x n`` attention scores, and the memory grows line
 with the length ``n``: the KV cache is ``2 x n_layers x n x n_kv_heads x d_head`` values.
 Logits, steering and interventions are the same as in one pass (to float rounding).
 
-Where the scores come from (``scores_from=``):
-
-* ``"keys"``: without patterns. The rotated queries of the scored rows are kept as
-  their chunk passes (``hook_rot_q``, or ``hook_q`` without rotary), and in the last
-  chunk each layer's keys (``hook_rot_k``; the cached keys plus ``hook_k`` without
-  rotary) are read in blocks: a first sweep computes each row's log-sum-exp with a
-  running maximum, a second sums ``exp(logit - lse)`` over each span
-  (:mod:`focuslens.scores.spanmass`). No pattern is read or kept; the extra memory is
-  ``n_heads x n_rows x block`` values.
-* ``"pattern"``: each chunk's ``hook_pattern`` rows of the scored positions are summed
-  over the spans. Needed when an intervention acts on ``hook_attn_scores`` or
-  ``hook_pattern`` (split-softmax, PASTA), which the ``"keys"`` route cannot see.
-* ``"auto"`` (default): ``"keys"``, unless a hook is registered on an attention-score
-  or pattern hook point, or the model's attention has a feature the ``"keys"`` route
-  does not reproduce (ALiBi, soft-capping, local windows, attention sinks, ...).
-
-Both give the numbers of the one-pass :func:`focuslens.contextual_scores` (1e-5).
-
-Which chunk size? Smaller chunks use less memory but re-rotate every cached key once
-per chunk and run more, smaller matrix products; 512 to 2048 is a good range on a CPU.
-``max_memory`` picks the largest chunk whose estimated peak (:func:`estimate_memory`,
-activations beyond the weights) fits a budget. A chunk at least as long as the prompt
-is the one-pass case: one forward pass.
+Contextual scores of long prompts run on it (:mod:`focuslens.scores.chunked`, with or
+without patterns), and so do chunked logits and generation. Which chunk size, and how much
+memory it takes: :mod:`focuslens.model.memory`.
 
 Dynamic-NTK rotary models change their rotary frequencies with the cache length, so
 their chunked outputs differ from one pass; they are refused.
@@ -50,11 +30,12 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from focuslens.model.memory import chunk_bounds, resolve_chunk_size
+from focuslens.typing import Model
 
 ScoresFrom = Literal["auto", "keys", "pattern"]
 
 
-def check_chunkable(model: Any) -> None:
+def check_chunkable(model: Model) -> None:
     from transformer_lens import HookedTransformer
 
     if not isinstance(model, HookedTransformer):
@@ -69,7 +50,7 @@ def check_chunkable(model: Any) -> None:
         )
 
 
-def new_cache(model: Any) -> Any:
+def new_cache(model: Model) -> Any:
     """An empty ``TransformerLensKeyValueCache`` for one sequence."""
     from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
 
@@ -89,7 +70,7 @@ def _tokens_1d(tokens: Any) -> Tensor:
 
 
 def run_chunks(
-    model: Any,
+    model: Model,
     tokens: Tensor,
     chunk_size: int,
     cache: Any,
@@ -121,7 +102,7 @@ def run_chunks(
 
 
 def chunked_forward(
-    model: Any,
+    model: Model,
     tokens: Int[Tensor, "*batch pos"],
     *,
     chunk_size: int | None = None,

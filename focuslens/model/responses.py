@@ -20,10 +20,11 @@ no response row: it is left out, and its index is returned, never silently dropp
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Literal
 
 from focuslens.model.generation import Generation, generate_greedy
 from focuslens.prompts.spans import LabeledPrompt, tokenize_prompt
+from focuslens.typing import Model
 
 DEFAULT_MAX_NEW_TOKENS = 100
 """At most this many new tokens per answer, as in the authors' code."""
@@ -53,7 +54,7 @@ def answer_settings(
 
 
 def greedy_answer(
-    model: Any, prompt: LabeledPrompt, *, max_new_tokens: int | None = None
+    model: Model, prompt: LabeledPrompt, *, max_new_tokens: int | None = None
 ) -> Generation:
     """The model's greedy answer to ``prompt`` (its response, if any, is ignored)."""
     n, stops = answer_settings(prompt, max_new_tokens)
@@ -62,7 +63,7 @@ def greedy_answer(
 
 
 def with_responses(
-    model: Any,
+    model: Model,
     prompts: Sequence[LabeledPrompt],
     response: ResponseSource = "auto",
     *,

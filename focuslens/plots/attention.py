@@ -22,6 +22,7 @@ import torch
 from plotly.subplots import make_subplots
 
 from focuslens.scores.attention import AttentionMap, attention_map_data
+from focuslens.typing import Model
 
 SPAN_COLOURS = {
     "relevant": "#009E73",
@@ -35,7 +36,7 @@ SPAN_COLOURS = {
 
 
 def attention_map(
-    model: Any,
+    model: Model,
     prompt: Any,
     heads: Any,
     *,

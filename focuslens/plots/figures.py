@@ -39,17 +39,10 @@ from focuslens.evaluation.curves import (
     reference_point,
     x_sort_key,
 )
+from focuslens.heads import ranked, ranks
 from focuslens.plots.attention import SPAN_COLOURS
 
 SERIES_COLOURS = ["#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000"]
-
-
-def _ranks(values: list[float]) -> list[int]:
-    order = sorted(range(len(values)), key=lambda i: (-values[i], i))
-    ranks = [0] * len(values)
-    for rank, i in enumerate(order, start=1):
-        ranks[i] = rank
-    return ranks
 
 
 def _as_table(value: Any, name: str) -> torch.Tensor:
@@ -118,9 +111,9 @@ def _add_head_heatmap(
     **heat: Any,
 ) -> None:
     n_layers, n_heads = table.shape
-    flat = (rank_by if rank_by is not None else table).nan_to_num(-float("inf")).flatten().tolist()
-    ranks = _ranks(flat)
-    text = [[f"rank {ranks[l * n_heads + h]}" for h in range(n_heads)] for l in range(n_layers)]
+    by = rank_by if rank_by is not None else table
+    order = ranks(by)
+    text = [[f"rank {int(order[l, h])}" for h in range(n_heads)] for l in range(n_layers)]
     fig.add_trace(
         go.Heatmap(
             z=table.tolist(),
@@ -136,12 +129,12 @@ def _add_head_heatmap(
         row=1,
         col=col,
     )
-    k = min(top_k, len(flat))
-    best = sorted(range(len(flat)), key=lambda i: (-flat[i], i))[:k]
+    k = min(top_k, by.numel())
+    best = ranked(by)[:k]
     fig.add_trace(
         go.Scatter(
-            x=[i % n_heads for i in best],
-            y=[i // n_heads for i in best],
+            x=[h for _, h in best],
+            y=[l for l, _ in best],
             mode="markers+text",
             text=[str(r) for r in range(1, k + 1)],
             textposition="middle center",

@@ -1,10 +1,11 @@
 """Labelled prompts and their exact mapping to tokens.
 
 A :class:`LabeledPrompt` is the text a model reads plus the character spans of its relevant
-document, its distractors and any other named part; :func:`tokenize_prompt` maps them to token
+document and its distractors; :func:`tokenize_prompt` maps them to token
 positions exactly, through the tokenizer's offsets.
 """
 
+from focuslens.prompts.batch import PromptBatch, query_rows, tokenized_prompts
 from focuslens.prompts.spans import (
     DEFAULT_DOC_BODY,
     DEFAULT_DOC_PREFIX,
@@ -17,6 +18,9 @@ from focuslens.prompts.spans import (
 )
 
 __all__ = [
+    "PromptBatch",
+    "query_rows",
+    "tokenized_prompts",
     "DEFAULT_DOC_BODY",
     "DEFAULT_DOC_PREFIX",
     "DEFAULT_INSTRUCTION",

@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from focuslens.typing import Span
+from focuslens.typing import Model, Span
 
 DEFAULT_INSTRUCTION = (
     "Write a high-quality answer for the given question using only the provided search "
@@ -230,6 +230,29 @@ class LabeledPrompt:
         meta["variant"] = variant
         return meta
 
+    @property
+    def has_variants(self) -> bool:
+        """Whether :meth:`gold_only` and :meth:`distractors_only` can rebuild this prompt
+        (it was assembled from documents, with :meth:`from_documents` or :func:`assemble`)."""
+        return self._parts is not None
+
+    def layout(self) -> dict[str, Any] | None:
+        """How the prompt was assembled from documents, as plain JSON values, or ``None``
+        when it was not assembled from documents or wraps a chat template function (which
+        JSON cannot hold). :func:`assemble` rebuilds the prompt from it."""
+        parts = self._parts
+        if parts is None or parts.wrap is not None:
+            return None
+        return {
+            "header": parts.header,
+            "prefixes": list(parts.prefixes),
+            "bodies": list(parts.bodies),
+            "gold_index": parts.gold_index,
+            "footer": parts.footer,
+            "separator": parts.separator,
+            "prefix_format": parts.prefix_format,
+        }
+
     def gold_only(self) -> LabeledPrompt:
         """The same prompt with only the relevant document."""
         if self._parts is not None and self._parts.gold_index is None:
@@ -404,7 +427,7 @@ def char_to_token_span(
 
 
 def tokenize_prompt(
-    model: Any,
+    model: Model,
     prompt: LabeledPrompt,
     *,
     prepend_bos: bool | None = None,

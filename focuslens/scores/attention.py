@@ -29,11 +29,12 @@ import torch
 from jaxtyping import Float
 from torch import Tensor
 
-from focuslens.heads import HeadSet, str_head
-from focuslens.model.hooks import hooks
+from focuslens.heads import HeadSet, str_head, unique_heads
+from focuslens.model.hooks import attn_hook, hooks
+from focuslens.prompts.batch import query_rows
 from focuslens.prompts.spans import LabeledPrompt
-from focuslens.scores.reduce import prepare, query_rows
-from focuslens.typing import Span
+from focuslens.scores.reduce import prepare
+from focuslens.typing import Model, Span
 
 FORMAT = "focuslens.AttentionMap/1"
 
@@ -254,17 +255,9 @@ class AttentionMap:
         return plots.attention_figure(self, **kwargs)
 
 
-def _token_strings(model: Any, tokens: Tensor) -> list[str]:
+def _token_strings(model: Model, tokens: Tensor) -> list[str]:
     tokenizer = model.tokenizer
     return [tokenizer.decode([int(t)]) for t in tokens.tolist()]
-
-
-def _ordered_heads(model: Any, heads: HeadSet | Iterable[Any]) -> list[tuple[int, int]]:
-    """Heads in the order given, duplicates dropped, each checked against the model."""
-    items = list(heads)
-    order = [next(iter(HeadSet([h]))) for h in items]
-    HeadSet(order).validate(model)
-    return list(dict.fromkeys(order))
 
 
 def _keep_rows(pattern: Tensor, hook: Any, *, out: dict, layer: int, heads: list, rows: list):
@@ -272,7 +265,7 @@ def _keep_rows(pattern: Tensor, hook: Any, *, out: dict, layer: int, heads: list
 
 
 def attention_map_data(
-    model: Any,
+    model: Model,
     prompt: LabeledPrompt,
     heads: HeadSet | Iterable[tuple[int, int]],
     *,
@@ -304,7 +297,7 @@ def attention_map_data(
         >>> amap.pattern.shape[1] == len(amap.rows)
         True
     """
-    chosen = _ordered_heads(model, heads)
+    chosen = unique_heads(model, heads)
     if query is None:
         query = "response" if prompt.response else "last"
     tp = prepare(
@@ -316,7 +309,7 @@ def attention_map_data(
     out: dict[int, Tensor] = {}
     fwd_hooks = [
         (
-            f"blocks.{layer}.attn.hook_pattern",
+            attn_hook(layer, "hook_pattern"),
             partial(_keep_rows, out=out, layer=layer, heads=hs, rows=rows),
         )
         for layer, hs in by_layer.items()

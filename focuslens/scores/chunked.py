@@ -33,16 +33,17 @@ from torch import Tensor
 from focuslens.model.hooks import hooks
 from focuslens.model.memory import check_chunk_size, parse_memory, resolve_chunk_size
 from focuslens.model.prefill import ScoresFrom, check_chunkable, new_cache, run_chunks
+from focuslens.prompts.batch import query_rows
 from focuslens.prompts.spans import LabeledPrompt, TokenizedPrompt
-from focuslens.scores.reduce import FIRST_DISTRACTOR, prepare, query_rows, reduce_masses
+from focuslens.scores.reduce import FIRST_DISTRACTOR, prepare, reduce_masses
 from focuslens.scores.result import ContextualScores
 from focuslens.scores.spanmass import COLLECTORS, resolve_scores_from, span_labels
-from focuslens.typing import QueryRows
+from focuslens.typing import Model, QueryRows
 
 
 # ------------------------------------------------------------------------ scores
 def _prompt_masses(
-    model: Any, tp: TokenizedPrompt, rows: list[int], sink: int, size: int, route: str
+    model: Model, tp: TokenizedPrompt, rows: list[int], sink: int, size: int, route: str
 ) -> Tensor:
     """``[n_layers, n_heads, 3 + n_distractors]`` span masses, averaged over rows."""
     cache = new_cache(model)
@@ -61,7 +62,7 @@ def _prompt_masses(
 
 
 def chunked_contextual_scores(
-    model: Any,
+    model: Model,
     prompts: Sequence[LabeledPrompt],
     *,
     chunk_size: int | None = None,
@@ -82,9 +83,9 @@ def chunked_contextual_scores(
     Args:
         model: A ``HookedTransformer``.
         prompts: Labelled prompts (see :func:`focuslens.contextual_scores`).
-        chunk_size: Tokens per chunk (default :data:`DEFAULT_CHUNK_SIZE`).
+        chunk_size: Tokens per chunk (default :data:`~focuslens.model.memory.DEFAULT_CHUNK_SIZE`).
         max_memory: Instead of ``chunk_size``: a budget (bytes or ``"8GiB"``); the chunk
-            size is picked per prompt with :func:`chunk_size_for`.
+            size is picked per prompt with :func:`~focuslens.model.memory.chunk_size_for`.
         scores_from: ``"auto"``, ``"keys"`` or ``"pattern"`` (module docstring).
         query: As in :func:`focuslens.contextual_scores`.
         sink: As in :func:`focuslens.contextual_scores`.

@@ -26,24 +26,25 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from functools import partial
-from typing import Any
 
 import torch
 
+from focuslens.model.hooks import attn_hook, hooks
+from focuslens.prompts.batch import batches, pad_token_id
 from focuslens.prompts.spans import LabeledPrompt
 from focuslens.scores.reduce import (
     FIRST_DISTRACTOR,
-    batch_inputs,
     prepare,
     reduce_hook,
     reduce_masses,
+    span_mask_batch,
 )
 from focuslens.scores.result import ContextualScores
-from focuslens.typing import QueryRows
+from focuslens.typing import Model, QueryRows
 
 
 def contextual_scores(
-    model: Any,
+    model: Model,
     prompts: Sequence[LabeledPrompt],
     *,
     query: QueryRows = "response",
@@ -88,8 +89,8 @@ def contextual_scores(
         >>> scores.relevant.shape == (model.cfg.n_layers, model.cfg.n_heads)
         True
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     if chunk_size is not None or max_memory is not None:
         from focuslens.scores.chunked import chunked_contextual_scores
 
@@ -113,30 +114,30 @@ def contextual_scores(
         require_relevant=require_relevant,
     )
     n_layers = model.cfg.n_layers
-    tokenizer = model.tokenizer
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     n_dis_all = max((len(tp.distractors) for tp in tps), default=0)
     results = []
-    starts = range(0, len(tps), batch_size)
+    chunks = batches(tps, batch_size, pad_token_id(model))
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc="contextual scores", unit="batch")
-    for start in starts:
-        batch = tps[start : start + batch_size]
-        tokens, rows, row_mask, masks = batch_inputs(batch, query, sink, pad_id)
+        chunks = tqdm(
+            chunks, desc="contextual scores", unit="batch", total=-(-len(tps) // batch_size)
+        )
+    for _, batch in chunks:
+        rows, row_mask = batch.rows(query)
+        masks = span_mask_batch(batch, sink)
         per_layer: dict[int, torch.Tensor] = {}
 
         fwd_hooks = [
             (
-                f"blocks.{layer}.attn.hook_pattern",
+                attn_hook(layer, "hook_pattern"),
                 partial(reduce_hook, out=per_layer, layer=layer, args=(rows, row_mask, masks)),
             )
             for layer in range(n_layers)
         ]
-        with torch.no_grad(), model.hooks(fwd_hooks=fwd_hooks):
-            model(tokens.to(device), return_type=None)
+        with torch.no_grad(), hooks(model, fwd_hooks):
+            model(batch.tokens.to(device), return_type=None)
         if sorted(per_layer) != list(range(n_layers)):
             raise RuntimeError(
                 f"hook_pattern fired for layers {sorted(per_layer)}, expected 0..{n_layers - 1}; "

@@ -1,38 +1,22 @@
 """Span masks and the in-hook reduction behind every contextual score.
 
-The query rows of a prompt (:func:`query_rows`), its 0/1 key masks (relevant, sink,
-other, each distractor: :func:`span_masks`), and :func:`span_mass`, which reduces an
-attention pattern to the mass of those rows on those masks inside a hook.
+A prompt's 0/1 key masks (relevant, sink, other, each distractor: :func:`span_masks`), and
+:func:`span_mass`, which reduces an attention pattern to the mass of the query rows
+(:func:`focuslens.prompts.batch.query_rows`) on those masks inside a hook.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
 import torch
 
-from focuslens.prompts.spans import LabeledPrompt, TokenizedPrompt, tokenize_prompt
-from focuslens.typing import QueryRows
+from focuslens.prompts.batch import PromptBatch, check_query, tokenized_prompts
+from focuslens.prompts.spans import TokenizedPrompt
+from focuslens.typing import Model, QueryRows
 
 # Rows of the span-mask tensor built per example: fixed kinds first, then distractors.
 REL, SINK, OTHER, FIRST_DISTRACTOR = 0, 1, 2, 3
-
-
-def query_rows(tp: TokenizedPrompt, query: QueryRows) -> list[int]:
-    """Token positions of the query rows of one tokenised prompt."""
-    if query == "last":
-        return [tp.n_prompt - 1]
-    if tp.n_response == 0:
-        raise ValueError(
-            f"prompt {tp.source.text[:60]!r} has no response tokens; query={query!r} needs a "
-            "response (or use query='last')"
-        )
-    if query == "response":
-        return list(range(tp.n_prompt, len(tp)))
-    if query == "predict":
-        return list(range(tp.n_prompt - 1, len(tp) - 1))
-    raise ValueError(f"query must be 'response', 'predict' or 'last', got {query!r}")
 
 
 def span_masks(tp: TokenizedPrompt, n_sink: int, length: int, n_distractors: int) -> torch.Tensor:
@@ -57,73 +41,44 @@ def span_masks(tp: TokenizedPrompt, n_sink: int, length: int, n_distractors: int
 
 
 def prepare(
-    model: Any,
-    prompts: Sequence[LabeledPrompt | TokenizedPrompt],
+    model: Model,
+    prompts: Any,
     *,
     query: QueryRows,
     sink: int,
     prepend_bos: bool | None = None,
     require_relevant: bool = True,
 ) -> list[TokenizedPrompt]:
-    """Tokenise and validate prompts for scoring, with errors that name the prompt."""
-    if query not in ("response", "predict", "last"):
-        raise ValueError(f"query must be 'response', 'predict' or 'last', got {query!r}")
+    """Tokenise and check prompts for scoring (:func:`~focuslens.prompts.batch.tokenized_prompts`),
+    and check that the sink positions overlap no labelled span."""
+    check_query(query)
     if isinstance(sink, bool) or not isinstance(sink, int) or sink < 0:
         raise ValueError(f"sink must be a non-negative int, got {sink!r}")
-    if isinstance(prompts, LabeledPrompt):
-        prompts = [prompts]
-    if len(prompts) == 0:
-        raise ValueError("no prompts given")
-    n_ctx = model.cfg.n_ctx
-    out = []
-    for idx, prompt in enumerate(prompts):
-        if not isinstance(prompt, (LabeledPrompt, TokenizedPrompt)):
-            raise TypeError(
-                f"prompt {idx} is a {type(prompt).__name__}, expected a LabeledPrompt "
-                "(or a TokenizedPrompt)"
-            )
+    reason = (
+        "contextual scores need one (pass require_relevant=False to score its other spans only)"
+    )
+    tps = tokenized_prompts(
+        model,
+        prompts,
+        query=query,
+        require_relevant=reason if require_relevant else None,
+        prepend_bos=prepend_bos,
+    )
+    for idx, tp in enumerate(tps):
         try:
-            if require_relevant and prompt.relevant is None:
-                raise ValueError(
-                    "it has no relevant span (relevant=None); contextual scores need one "
-                    "(pass require_relevant=False to score its other spans only)"
-                )
-            if isinstance(prompt, TokenizedPrompt):
-                tp = prompt  # exact token ids, e.g. a generated answer
-                if query != "last" and tp.n_response == 0:
-                    raise ValueError(f"query={query!r} needs response tokens; it has none")
-            else:
-                tp = tokenize_prompt(
-                    model, prompt, prepend_bos=prepend_bos, require_response=query != "last"
-                )
-            if len(tp) > n_ctx:
-                raise ValueError(
-                    f"it has {len(tp)} tokens, more than the model's context n_ctx={n_ctx}"
-                )
-            query_rows(tp, query)
-            span_masks(tp, sink, len(tp), len(tp.distractors))  # the sink must not overlap a span
+            span_masks(tp, sink, len(tp), len(tp.distractors))
         except ValueError as exc:
             raise ValueError(f"prompt {idx}: {exc}") from None
-        out.append(tp)
-    return out
+    return tps
 
 
-def batch_inputs(batch: list[TokenizedPrompt], query: QueryRows, sink: int, pad_id: int):
-    length = max(len(tp) for tp in batch)
-    n_dis = max((len(tp.distractors) for tp in batch), default=0)
-    tokens = torch.full((len(batch), length), pad_id, dtype=torch.long)
-    rows_list = [query_rows(tp, query) for tp in batch]
-    n_rows = max(len(r) for r in rows_list)
-    rows = torch.zeros(len(batch), n_rows, dtype=torch.long)
-    row_mask = torch.zeros(len(batch), n_rows)
-    masks = torch.zeros(len(batch), FIRST_DISTRACTOR + n_dis, length)
-    for b, tp in enumerate(batch):
-        tokens[b, : len(tp)] = tp.tokens
-        rows[b, : len(rows_list[b])] = torch.tensor(rows_list[b])
-        row_mask[b, : len(rows_list[b])] = 1
-        masks[b] = span_masks(tp, sink, length, n_dis)
-        masks[b, :, len(tp) :] = 0
-    return tokens, rows, row_mask, masks
+def span_mask_batch(batch: PromptBatch, sink: int) -> torch.Tensor:
+    """``[batch, 3 + n_distractors, pos]`` key masks of a padded batch (0 on padding)."""
+    n_dis = max((len(tp.distractors) for tp in batch.prompts), default=0)
+    masks = torch.zeros(batch.size, FIRST_DISTRACTOR + n_dis, batch.length)
+    for b, tp in enumerate(batch.prompts):
+        masks[b] = span_masks(tp, sink, batch.length, n_dis)
+    return masks * batch.real[:, None, :]
 
 
 def span_mass(
@@ -144,7 +99,7 @@ def span_mass(
     index = rows[:, None, :, None].to(pattern.device).expand(b, h, rows.shape[1], k)
     selected = pattern.gather(2, index).float()
     mass = torch.einsum("bhrk,bsk->bhrs", selected, masks.to(selected.device))
-    weights = row_mask.to(selected.device)
+    weights = row_mask.to(selected.device, selected.dtype)
     return (mass * weights[:, None, :, None]).sum(2) / weights.sum(1)[:, None, None]
 
 
@@ -166,6 +121,4 @@ def reduce_hook(pattern: torch.Tensor, hook: Any, *, out: dict, layer: int, args
     out[layer] = span_mass(pattern, *args).cpu()
 
 
-__all__ = [
-    "query_rows",
-]
+__all__: list[str] = []  # building blocks of the scores; the API is contextual_scores

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
+from focuslens.heads import ranked_top
 from focuslens.typing import HeadTable, PerExampleHeadTable
 
 KINDS = ("relevant", "distractors", "distractor_max", "sink", "other")
@@ -85,15 +86,10 @@ class ContextualScores:
     def top_heads(self, k: int, by: str = "relevant") -> list[tuple[int, int]]:
         """The ``k`` best heads by a score kind, best first.
 
-        Ties are broken by (layer, head), ascending, so the order is deterministic.
+        Ties are broken by (layer, head), ascending, so the order is deterministic. Heads
+        without a score (NaN) are never ranked: a ``k`` that would reach one is refused.
         """
-        table = self[by]
-        n = table.numel()
-        if not 0 < k <= n:
-            raise ValueError(f"k must be between 1 and {n} (the number of heads), got {k}")
-        values = table.detach().float().cpu().flatten().tolist()
-        order = sorted(range(n), key=lambda i: (-values[i], i))[:k]
-        return [(i // self.n_heads, i % self.n_heads) for i in order]
+        return ranked_top(self[by], k, by=by)
 
     def to_dataframe(self) -> Any:
         """Long format: one row per (layer, head, kind) with the mean score."""

@@ -35,28 +35,22 @@ import torch
 
 from focuslens.heads import HeadScores
 from focuslens.model import hooks as hooking
-from focuslens.prompts.spans import LabeledPrompt, TokenizedPrompt
-from focuslens.scores.reduce import prepare, query_rows
+from focuslens.model.hooks import attn_hook
+from focuslens.prompts.batch import PromptBatch, batches, pad_token_id
+from focuslens.prompts.spans import LabeledPrompt
+from focuslens.scores.reduce import prepare
+from focuslens.typing import Model
 
 
-def _batch(batch: list[TokenizedPrompt], pad_id: int):
-    length = max(len(tp) for tp in batch)
-    n_rows = max(tp.n_response for tp in batch)
-    tokens = torch.full((len(batch), length), pad_id, dtype=torch.long)
-    rows = torch.zeros(len(batch), n_rows, dtype=torch.long)
-    targets = torch.full((len(batch), n_rows), -1, dtype=torch.long)
-    span = torch.zeros(len(batch), length, dtype=torch.bool)
-    copyable = torch.zeros(len(batch), n_rows, dtype=torch.bool)
-    for b, tp in enumerate(batch):
-        r = query_rows(tp, "predict")
-        tokens[b, : len(tp)] = tp.tokens
-        rows[b, : len(r)] = torch.tensor(r)
-        targets[b, : len(r)] = tp.tokens[tp.n_prompt :]
+def _copyable(batch: PromptBatch, targets: torch.Tensor) -> torch.Tensor:
+    """``[batch, n_rows]`` True where the answer token also occurs in the relevant span."""
+    out = torch.zeros(targets.shape, dtype=torch.bool)
+    for b, tp in enumerate(batch.prompts):
         s, e = tp.relevant
-        span[b, s:e] = True
         in_span = set(tp.tokens[s:e].tolist())
-        copyable[b, : len(r)] = torch.tensor([t in in_span for t in targets[b, : len(r)].tolist()])
-    return tokens, rows, targets, span, copyable
+        n = tp.n_response
+        out[b, :n] = torch.tensor([t in in_span for t in targets[b, :n].tolist()])
+    return out
 
 
 def _count_hits(
@@ -83,7 +77,7 @@ def _count_hits(
 
 
 def retrieval_scores(
-    model: Any,
+    model: Model,
     prompts: Sequence[LabeledPrompt],
     *,
     batch_size: int = 8,
@@ -115,20 +109,21 @@ def retrieval_scores(
         >>> bool(((retrieval.values >= 0) & (retrieval.values <= 1)).all())
         True
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     tps = prepare(model, prompts, query="predict", sink=0, prepend_bos=prepend_bos)
     n_layers = model.cfg.n_layers
-    pad_id = model.tokenizer.pad_token_id if model.tokenizer.pad_token_id is not None else 0
     device = next(model.parameters()).device
     results, n_copyable = [], []
-    starts = range(0, len(tps), batch_size)
+    chunks = batches(tps, batch_size, pad_token_id(model))
     if progress:
         from tqdm.auto import tqdm
 
-        starts = tqdm(starts, desc="retrieval scores", unit="batch")
-    for start in starts:
-        tokens, rows, targets, span, copyable = _batch(tps[start : start + batch_size], pad_id)
+        chunks = tqdm(
+            chunks, desc="retrieval scores", unit="batch", total=-(-len(tps) // batch_size)
+        )
+    for _, batch in chunks:
+        tokens, (rows, _) = batch.tokens, batch.rows("predict")
+        targets, span = batch.targets(fill=-1), batch.relevant_mask()
+        copyable = _copyable(batch, targets)
         per_layer: dict[int, torch.Tensor] = {}
         count = partial(
             _count_hits,
@@ -138,7 +133,7 @@ def retrieval_scores(
             targets=torch.where(copyable, targets, -1),
             span=span,
         )
-        fwd = [(f"blocks.{l}.attn.hook_pattern", partial(count, layer=l)) for l in range(n_layers)]
+        fwd = [(attn_hook(l, "hook_pattern"), partial(count, layer=l)) for l in range(n_layers)]
         with torch.no_grad(), hooking.hooks(model, fwd):
             model(tokens.to(device), return_type=None)
         results.append(torch.stack([per_layer[l] for l in range(n_layers)], dim=1))

@@ -26,9 +26,17 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
-from focuslens.model.hooks import attention_scale, key_hook_name, query_hook_name, rotary
+from focuslens.model.hooks import (
+    active_hook_points,
+    attention_scale,
+    attn_hook,
+    key_hook_name,
+    query_hook_name,
+    rotary,
+)
 from focuslens.prompts.spans import TokenizedPrompt
 from focuslens.scores.reduce import FIRST_DISTRACTOR, OTHER, REL, SINK
+from focuslens.typing import Model
 
 KEY_BLOCK_ELEMENTS = 1 << 22
 """Most ``head x row x key`` logits the ``"keys"`` route holds at once (16 MiB in float32)."""
@@ -137,7 +145,7 @@ class _Collector:
     """Hooks that reduce one prompt's scored rows to ``[n_layers, n_heads, n_masks]``
     sums over rows, chunk by chunk. ``span`` is the current chunk ``(start, end)``."""
 
-    model: Any
+    model: Model
     rows: Tensor
     labels: Tensor
     n_masks: int
@@ -169,7 +177,7 @@ class _PatternCollector(_Collector):
 
     def fwd_hooks(self) -> list[tuple[str, Callable]]:
         return [
-            (f"blocks.{layer}.attn.hook_pattern", self._hook(layer))
+            (attn_hook(layer, "hook_pattern"), self._hook(layer))
             for layer in range(self.model.cfg.n_layers)
         ]
 
@@ -229,7 +237,7 @@ class _KeysCollector(_Collector):
 COLLECTORS: dict[str, type[_Collector]] = {"keys": _KeysCollector, "pattern": _PatternCollector}
 
 
-def keys_route_unsupported(model: Any) -> str | None:
+def keys_route_unsupported(model: Model) -> str | None:
     """Why the ``"keys"`` route cannot reproduce this model's attention, or None."""
     cfg = model.cfg
     reasons = {
@@ -247,16 +255,12 @@ def keys_route_unsupported(model: Any) -> str | None:
     return ", ".join(found) if found else None
 
 
-def attention_hooks_active(model: Any) -> list[str]:
+def attention_hooks_active(model: Model) -> list[str]:
     """Hook points on attention scores or patterns that have hooks registered."""
-    return [
-        name
-        for name, point in model.hook_dict.items()
-        if name.endswith(("hook_attn_scores", "hook_pattern")) and len(point._forward_hooks)
-    ]
+    return active_hook_points(model, ("hook_attn_scores", "hook_pattern"))
 
 
-def resolve_scores_from(model: Any, scores_from: str) -> str:
+def resolve_scores_from(model: Model, scores_from: str) -> str:
     """``"keys"`` or ``"pattern"`` for ``scores_from`` (see the module docstring)."""
     if scores_from not in ("auto", *COLLECTORS):
         raise ValueError(f"scores_from must be 'auto', 'keys' or 'pattern', got {scores_from!r}")

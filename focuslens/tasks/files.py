@@ -38,17 +38,11 @@ FORMATS = ("auto", "documents", "labeled", "helmet", "lost_in_the_middle")
 
 
 def _record(prompt: LabeledPrompt) -> dict[str, Any]:
-    parts = prompt._parts
+    layout = prompt.layout()
     meta = {k: v for k, v in prompt.meta.items() if _jsonable(v)}
-    if parts is not None and parts.wrap is None:
+    if layout is not None:
         return {
-            "header": parts.header,
-            "prefixes": list(parts.prefixes),
-            "bodies": list(parts.bodies),
-            "gold_index": parts.gold_index,
-            "footer": parts.footer,
-            "separator": parts.separator,
-            "prefix_format": parts.prefix_format,
+            **layout,
             "answers": list(prompt.answers),
             "response": prompt.response,
             "meta": meta,

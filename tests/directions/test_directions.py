@@ -18,9 +18,9 @@ from focuslens.directions.learn import (
     closed_form_gradient,
     layer_mass,
     learn_focus_directions,
-    with_responses,
 )
 from focuslens.model.generation import generate_greedy
+from focuslens.model.responses import with_responses
 from focuslens.prompts.spans import tokenize_prompt
 from focuslens.scores.reduce import prepare
 
@@ -253,6 +253,10 @@ def test_gold_only_responses_follow_the_authors_recipe():
         gen = generate_greedy(model, gold.tokens[: gold.n_prompt], max_new_tokens=3)
         assert a.response == gen.text and a.text == p.text
     with pytest.raises(ValueError, match="prompt 0 has no relevant document"):
+        learn_focus_directions(
+            model, [LabeledPrompt("w1 w2", None, [(0, 2)], ["x"], response="x")], response="given"
+        )
+    with pytest.raises(ValueError, match="prompt 0 has no response"):
         with_responses(model, [LabeledPrompt("w1 w2", None, [(0, 2)], ["x"])], "given")
     with pytest.raises(ValueError, match="method must be one of"):
         learn_focus_directions(model, prompts, method="pca")

@@ -6,8 +6,8 @@ import json
 
 import pytest
 import torch
+from _oracles import make_prompts
 from _tiny import demo_model_missing, save_model_folder, tiny_model
-from test_scores import make_prompts
 
 from focuslens import ContextualScores, contextual_scores
 from focuslens.app.cli import main

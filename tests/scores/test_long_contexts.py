@@ -6,8 +6,8 @@ import math
 
 import pytest
 import torch
+from _oracles import make_prompts, naive_scores
 from _tiny import tiny_model
-from test_scores import make_prompts, naive_scores
 
 from focuslens import contextual_scores, tokenize_prompt
 from focuslens.model.hooks import query_hook_name
@@ -370,7 +370,7 @@ def test_the_estimate_bounds_the_recorded_benchmark_and_the_docs_quote_it():
 
     from transformer_lens import HookedTransformerConfig
 
-    root = Path(__file__).resolve().parents[1]
+    root = Path(__file__).resolve().parents[2]
     rows = json.loads((root / "benchmarks" / "results" / "long_context.json").read_text())
     cfg = HookedTransformerConfig(
         n_layers=12, d_model=768, n_heads=12, d_head=64, d_mlp=3072, d_vocab=50257,

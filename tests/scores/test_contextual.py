@@ -4,55 +4,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _tiny import random_text, tiny_model
+from _oracles import make_prompts, naive_scores
+from _tiny import tiny_model
 
 import focuslens
 from focuslens import ContextualScores, LabeledPrompt, contextual_scores, tokenize_prompt
-
-
-def make_prompts(n: int, seed: int = 0, n_docs: int = 4) -> list[LabeledPrompt]:
-    """Prompts of different lengths and gold positions."""
-    rng = torch.Generator().manual_seed(seed)
-    prompts = []
-    for i in range(n):
-        docs = [("w1", random_text(rng, 2 + (i + d) % 5)) for d in range(n_docs + i % 3)]
-        gold = i % len(docs)
-        response = random_text(rng, 1 + i % 3)
-        prompts.append(
-            LabeledPrompt.from_documents(
-                "w7 w8", docs, gold, ["x"], instruction="w9 w10", response=response
-            )
-        )
-    return prompts
-
-
-def naive_scores(model, prompts, query="response", sink=2):
-    """The oracle: one unbatched run_with_cache per prompt, sums over the full patterns."""
-    out = {k: [] for k in focuslens.scores.result.KINDS}
-    for p in prompts:
-        tp = tokenize_prompt(model, p)
-        _, cache = model.run_with_cache(
-            tp.tokens[None], names_filter=lambda n: n.endswith("hook_pattern")
-        )
-        pattern = torch.stack(
-            [cache["pattern", l][0] for l in range(model.cfg.n_layers)]
-        )  # l h q k
-        if query == "response":
-            rows = list(range(tp.n_prompt, len(tp)))
-        elif query == "predict":
-            rows = list(range(tp.n_prompt - 1, len(tp) - 1))
-        else:
-            rows = [tp.n_prompt - 1]
-        a = pattern[:, :, rows, :]
-        rel = a[..., tp.relevant[0] : tp.relevant[1]].sum(-1).mean(-1)
-        dis = torch.stack([a[..., s:e].sum(-1).mean(-1) for s, e in tp.distractors])
-        snk = a[..., :sink].sum(-1).mean(-1)
-        out["relevant"].append(rel)
-        out["distractors"].append(dis.sum(0))
-        out["distractor_max"].append(dis.max(0).values)
-        out["sink"].append(snk)
-        out["other"].append(1 - rel - dis.sum(0) - snk)
-    return {k: torch.stack(v) for k, v in out.items()}
 
 
 @pytest.mark.parametrize("kind", ["gpt2", "rotary", "gqa"])
@@ -92,8 +48,8 @@ def test_query_conventions_differ_by_one_row():
     assert not torch.allclose(response.relevant, predict.relevant, atol=1e-4)
     # In general the rows are the same set shifted by exactly one position.
     tp = tokenize_prompt(model, make_prompts(1)[0].with_response("w5 w6 w7"))
-    response_rows = focuslens.scores.reduce.query_rows(tp, "response")
-    assert focuslens.scores.reduce.query_rows(tp, "predict") == [r - 1 for r in response_rows]
+    response_rows = focuslens.prompts.batch.query_rows(tp, "response")
+    assert focuslens.prompts.batch.query_rows(tp, "predict") == [r - 1 for r in response_rows]
     assert response_rows == list(range(tp.n_prompt, tp.n_prompt + 3))
 
 
@@ -102,7 +58,7 @@ def test_top_heads_are_sorted_with_deterministic_ties():
     per = {k: table[None] for k in focuslens.scores.result.KINDS}
     scores = ContextualScores.from_per_example(per)
     assert scores.top_heads(3) == [(0, 1), (1, 0), (1, 1)]
-    with pytest.raises(ValueError, match="k must be between 1 and 4"):
+    with pytest.raises(ValueError, match="k must be an int between 1 and 4"):
         scores.top_heads(5)
 
 

@@ -18,14 +18,14 @@ from pathlib import Path
 import pandas as pd
 import plotly.graph_objects as go
 import pytest
+from _oracles import make_prompts
 from _tiny import demo_model_missing, tiny_model
-from test_scores import make_prompts
 
-from focuslens.app.run import RunFolder, stage_eval, stage_scores
+from focuslens.app.run import Condition, RunFolder, stage_eval, stage_scores
 from focuslens.app.story import build_report
 from focuslens.plots.report import Report, table_html
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 ARTIFACTS = ROOT / "artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 needs_chromium = pytest.mark.skipif(
@@ -145,7 +145,7 @@ def tiny_run(tmp_path_factory):
     test = make_prompts(4, seed=1)
     kw = {"measure_heads": heads, "max_new_tokens": 2, "progress": False}
     stage_eval(model, test, run, **kw)
-    stage_eval(model, test, run, kind="gold_only", **kw)
+    stage_eval(model, test, run, Condition("gold_only"), **kw)
     return run
 
 
@@ -229,3 +229,23 @@ def test_compare_uses_non_overlapping_wilson_intervals():
     assert compare(frame(70, 100), base) == "clearly above"  # [0.604, 0.781]
     assert compare(frame(30, 100), base) == "clearly below"  # [0.219, 0.396]
     assert compare(frame(31, 100), base) == "within noise of"
+
+
+def test_conditions_are_typed_rows_read_back_as_written(tiny_run):
+    """The run folder stores each condition's fields; reading them back needs no parsing."""
+    conditions = [
+        Condition(),
+        Condition("gold_only"),
+        Condition("split_softmax", "top", 2, tau=0.1),
+        Condition("steering", "random", 3, alpha="auto"),
+        Condition("steering", "top", 2, alpha=-0.5),
+    ]
+    for condition in conditions:
+        assert Condition.from_row(condition.columns()) == condition
+    evals = tiny_run.evals()
+    for name, rows in evals.groupby("condition", sort=False):
+        assert {Condition.from_row(row).name for _, row in rows.iterrows()} == {name}
+    with pytest.raises(ValueError, match="kind must be one of"):
+        Condition("split-softmax")
+    with pytest.raises(ValueError, match="needs focus directions"):
+        Condition("steering", "top", 2, alpha=1.0).intervention([(0, 0)])

@@ -176,7 +176,8 @@ def test_batched_forward_equals_cached_generation(kind, form, positions):
     ):
         full = model(tokens)[:, n_prompt - 1 :]
         stepped = _cached_logits(model, tokens, n_prompt)
-    torch.testing.assert_close(stepped, full, atol=1e-5, rtol=0)
+    # One step at a time vs one pass: float32 rounding differs by ~1e-5 on logits of ~2.
+    torch.testing.assert_close(stepped, full, atol=1e-5, rtol=1e-5)
     with torch.no_grad():
         assert (full - model(tokens)[:, n_prompt - 1 :]).abs().max() > 1e-3
 

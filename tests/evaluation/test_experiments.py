@@ -106,7 +106,7 @@ def test_docs_heads_page_runs():
         load_demo_model()
     except FileNotFoundError:
         pytest.skip("the demo model's weights are not in the tree yet")
-    text = (Path(__file__).resolve().parents[1] / "docs" / "heads.md").read_text()
+    text = (Path(__file__).resolve().parents[2] / "docs" / "heads.md").read_text()
     namespace: dict = {"__name__": "docs:heads.md"}
     blocks = list(_BLOCK.finditer(text))
     assert blocks
@@ -116,3 +116,23 @@ def test_docs_heads_page_runs():
         code = m.group("arg") if m.group("mode") == "instead" else m.group("code")
         line = text.count("\n", 0, m.start("code")) + 1
         exec(compile(code, f"docs/heads.md:{line}", "exec"), namespace)  # noqa: S102
+
+
+@pytest.mark.slow
+def test_seed_and_no_many_condition(setup):
+    """``seed`` moves the random draws, ``many=0`` leaves that condition out; the random
+    control is :func:`focuslens.heads.random_control` with the same seed."""
+    from focuslens.heads import random_control
+
+    model, prompts, train, exp = setup
+    again = contextual_head_experiment(
+        model, prompts, ks=[2], taus=[0.5], scores=exp.scores, n_random=1, seed=3, many=0,
+        max_new_tokens=2,
+    )  # fmt: skip
+    frame = again.to_dataframe()
+    assert list(frame.condition) == ["baseline", "gold_only", "top_k", "random_k"]
+    control = frame[frame.condition == "random_k"].iloc[0]
+    top2 = top_k(exp.scores, 2)
+    assert control.seed == 3 and control.heads == str(random_control(top2, model, seed=3))
+    with pytest.raises(ValueError, match="many must be"):
+        contextual_head_experiment(model, prompts, ks=[1], scores=exp.scores, many=-1)

@@ -7,8 +7,8 @@ import math
 import pandas as pd
 import pytest
 import torch
+from _oracles import make_prompts
 from _tiny import tiny_model
-from test_scores import make_prompts
 
 from focuslens import LabeledPrompt, contextual_scores, plots, tokenize_prompt
 from focuslens.evaluation.accuracy import EvalResult, evaluate

@@ -66,3 +66,48 @@ def test_headset_validation_and_formats(tmp_path):
     assert HeadSet.from_json(path) == HeadSet([(12, 1), (13, 23)])
     with pytest.raises(ValueError, match="list of \\[layer, head\\] pairs"):
         ranked_from_json('{"a": 1}')
+
+
+def test_attn_hook_is_the_one_name_builder():
+    from focuslens.model.hooks import ATTENTION_HOOKS, attn_hook, layer_hooks
+
+    model = tiny_model("rotary")
+    for point in ATTENTION_HOOKS:
+        assert attn_hook(1, point) == f"blocks.1.attn.{point}"
+        assert attn_hook(1, point) in model.hook_dict
+    with pytest.raises(ValueError, match="unknown attention hook point 'hook_resid'"):
+        attn_hook(0, "hook_resid")
+    seen = []
+    fwd = layer_hooks(range(2), "hook_z", lambda z, hook, layer: seen.append(layer))
+    with model.hooks(fwd_hooks=fwd):
+        model(model.to_tokens("w1 w2"))
+    assert seen == [0, 1]  # each hook is told its layer; nothing parses the name
+
+
+def test_pre_hooks_are_removed_also_after_an_exception():
+    from focuslens.model.hooks import pre_hooks
+
+    model = tiny_model("gqa")
+    calls = []
+    with pytest.raises(RuntimeError, match="inside"):
+        with pre_hooks(model, lambda layer, m, a, kw: calls.append(layer)):
+            model(model.to_tokens("w1 w2"))
+            raise RuntimeError("inside")
+    assert calls == [0, 1]
+    with pre_hooks(
+        model, lambda layer, m, a, kw: calls.append(("block", layer)), on="block", layers=[1]
+    ):
+        model(model.to_tokens("w1"))
+    assert calls[-1] == ("block", 1)
+    assert all(len(b._forward_pre_hooks) == 0 for b in model.blocks)
+    assert all(len(b.attn._forward_pre_hooks) == 0 for b in model.blocks)
+
+
+def test_active_hook_points_see_registered_hooks_only():
+    from focuslens.model.hooks import active_hook_points, attn_hook, hooks
+
+    model = tiny_model("gpt2")
+    assert active_hook_points(model, ("hook_pattern",)) == []
+    with hooks(model, [(attn_hook(1, "hook_pattern"), lambda p, hook: None)]):
+        assert active_hook_points(model, ("hook_pattern",)) == ["blocks.1.attn.hook_pattern"]
+    assert active_hook_points(model, ("hook_pattern",)) == []

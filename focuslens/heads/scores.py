@@ -1,0 +1,83 @@
+"""A per-head result table: one number per attention head (:class:`HeadScores`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from focuslens.heads.ranking import ranked_top
+from focuslens.typing import HeadTable, PerExampleHeadTable
+
+
+@dataclass
+class HeadScores:
+    """One number per attention head, optionally per example.
+
+    Attributes:
+        values: ``[n_layers, n_heads]`` table (NaN for heads not measured).
+        per_example: ``[n_examples, n_layers, n_heads]`` values, or None.
+        name: What the number is (the value column of :meth:`to_dataframe`).
+        meta: Provenance.
+    """
+
+    values: HeadTable
+    per_example: PerExampleHeadTable | None = None
+    name: str = "score"
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.values, torch.Tensor) or self.values.dim() != 2:
+            shape = getattr(self.values, "shape", type(self.values).__name__)
+            raise ValueError(f"values must be a [n_layers, n_heads] tensor, got {shape}")
+        if self.per_example is not None and (
+            self.per_example.dim() != 3 or self.per_example.shape[1:] != self.values.shape
+        ):
+            raise ValueError(
+                f"per_example has shape {tuple(self.per_example.shape)}, expected "
+                f"[n_examples, {self.values.shape[0]}, {self.values.shape[1]}]"
+            )
+
+    @property
+    def n_layers(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def n_heads(self) -> int:
+        return int(self.values.shape[1])
+
+    def top_heads(self, k: int, *, largest: bool = True) -> list[tuple[int, int]]:
+        """The ``k`` best heads, best first; raises when fewer than ``k`` have a value."""
+        return ranked_top(self.values, k, largest=largest)
+
+    def to_dataframe(self) -> Any:
+        """Long format: one row per head, columns ``layer``, ``head``, ``<name>``."""
+        import pandas as pd
+
+        t = self.values.detach().float().cpu()
+        rows = [
+            {"layer": l, "head": h, self.name: float(t[l, h])}
+            for l in range(self.n_layers)
+            for h in range(self.n_heads)
+        ]
+        return pd.DataFrame(rows)
+
+    def figure(self, *, top_k: int = 5, title: str | None = None) -> Any:
+        """A layer x head heatmap (plotly ``go.Figure``), the ``top_k`` heads marked.
+
+        Signed values (ablation effects) use :func:`focuslens.plots.head_effects`
+        (red-blue centred at 0, heads ranked by absolute value); non-negative ones
+        :func:`focuslens.plots.head_scores`.
+        """
+        from focuslens import plots
+
+        finite = self.values[~torch.isnan(self.values)]
+        if finite.numel() and bool(finite.min() < 0):
+            return plots.head_effects(self.values, top_k=top_k, label=self.name, title=title)
+        return plots.head_scores({self.name: self.values}, kind=self.name, top_k=top_k, title=title)
+
+
+__all__ = [
+    "HeadScores",
+]
