@@ -43,6 +43,14 @@ class Model(Protocol):
     def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
 
 
+@runtime_checkable
+class HasConfig(Protocol):
+    """Anything with a TransformerLens config (``.cfg``): a model, or a stand-in that only
+    carries the shape (memory estimates need no weights)."""
+
+    cfg: Any
+
+
 QueryRows = Literal["response", "predict", "last"]
 """Which query rows a score reads: the response tokens, the rows predicting them, or the last
 prompt token (see :mod:`focuslens.scores`)."""
@@ -51,6 +59,7 @@ Span = tuple[int, int]
 """A half-open range ``(start, end)``: characters of a prompt's text, or token positions."""
 
 __all__ = [
+    "HasConfig",
     "Model",
     "AttnScores",
     "Direction",

@@ -258,7 +258,7 @@ def evaluate(
     max_new_tokens: int | None = None,
     stop_strings: str | Sequence[str] | None = None,
     stop_ids: int | Iterable[int] | None = None,
-    heads: HeadSet | Iterable[tuple[int, int]] | None = None,
+    heads: HeadSet | Iterable[Any] | None = None,
     sink: int = 2,
     progress: bool = True,
 ) -> EvalResult:

@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 import torch
 
-from focuslens.typing import Model
+from focuslens.typing import HasConfig, Model
 
 Positions = Literal["all", "prompt", "generated"]
 POSITIONS = ("all", "prompt", "generated")
@@ -190,27 +190,27 @@ def active_hook_points(model: Model, points: tuple[str, ...]) -> list[str]:
     ]
 
 
-def rotary(model: Model) -> bool:
+def rotary(model: HasConfig) -> bool:
     """Whether the model uses rotary position embeddings (steer after rotation)."""
     return getattr(model.cfg, "positional_embedding_type", None) == "rotary"
 
 
-def query_hook_name(model: Model, layer: int) -> str:
+def query_hook_name(model: HasConfig, layer: int) -> str:
     """``hook_rot_q`` for rotary models, ``hook_q`` otherwise (METHOD.md section 4)."""
     return attn_hook(layer, "hook_rot_q" if rotary(model) else "hook_q")
 
 
-def key_hook_name(model: Model, layer: int) -> str:
+def key_hook_name(model: HasConfig, layer: int) -> str:
     """``hook_rot_k`` for rotary models, ``hook_k`` otherwise."""
     return attn_hook(layer, "hook_rot_k" if rotary(model) else "hook_k")
 
 
-def n_kv_heads(model: Model) -> int:
+def n_kv_heads(model: HasConfig) -> int:
     """Number of key/value heads (``n_heads`` without grouped-query attention)."""
     return int(getattr(model.cfg, "n_key_value_heads", None) or model.cfg.n_heads)
 
 
-def kv_head_of(model: Model, head: int) -> int:
+def kv_head_of(model: HasConfig, head: int) -> int:
     """The key/value head that query head ``head`` reads under grouped-query attention."""
     return head // (model.cfg.n_heads // n_kv_heads(model))
 

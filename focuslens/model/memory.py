@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from focuslens.model.hooks import n_kv_heads
-from focuslens.typing import Model
+from focuslens.typing import HasConfig
 
 DEFAULT_CHUNK_SIZE = 1024
 """Chunk size used when neither ``chunk_size`` nor ``max_memory`` is given."""
@@ -54,24 +54,24 @@ def parse_memory(value: int | float | str) -> int:
     return int(number)
 
 
-def _itemsize(model: Model) -> int:
+def _itemsize(model: HasConfig) -> int:
     return torch.empty((), dtype=model.cfg.dtype).element_size()
 
 
-def attention_cache_bytes(model: Model, n_tokens: int) -> int:
+def attention_cache_bytes(model: HasConfig, n_tokens: int) -> int:
     """Bytes of every layer's full attention pattern for one sequence of ``n_tokens``
     (what ``run_with_cache`` or ``output_attentions=True`` would keep)."""
     cfg = model.cfg
     return cfg.n_layers * cfg.n_heads * n_tokens * n_tokens * _itemsize(model)
 
 
-def kv_cache_bytes(model: Model, n_tokens: int) -> int:
+def kv_cache_bytes(model: HasConfig, n_tokens: int) -> int:
     """Bytes of the KV cache (keys and values of every layer) for ``n_tokens``."""
     cfg = model.cfg
     return 2 * cfg.n_layers * n_tokens * n_kv_heads(model) * cfg.d_head * _itemsize(model)
 
 
-def estimate_memory(model: Model, n_tokens: int, chunk_size: int) -> int:
+def estimate_memory(model: HasConfig, n_tokens: int, chunk_size: int) -> int:
     """Estimated peak bytes, beyond the weights, of a chunked pass over ``n_tokens``.
 
     The KV cache, plus what one layer holds while it runs the last (longest) chunk:
@@ -95,7 +95,7 @@ def estimate_memory(model: Model, n_tokens: int, chunk_size: int) -> int:
     return int(kv_cache_bytes(model, n_tokens) + scores + (keys + activations + tables) * item)
 
 
-def chunk_size_for(model: Model, n_tokens: int, max_memory: int | float | str) -> int:
+def chunk_size_for(model: HasConfig, n_tokens: int, max_memory: int | float | str) -> int:
     """The largest chunk size whose :func:`estimate_memory` fits ``max_memory``.
 
     Raises:
@@ -123,7 +123,7 @@ def check_chunk_size(chunk_size: Any) -> int:
 
 
 def resolve_chunk_size(
-    model: Model, n_tokens: int, chunk_size: int | None, max_memory: int | float | str | None
+    model: HasConfig, n_tokens: int, chunk_size: int | None, max_memory: int | float | str | None
 ) -> int:
     """The chunk size to use: ``chunk_size``, or one picked from ``max_memory``, or
     :data:`DEFAULT_CHUNK_SIZE`. Giving both is refused."""

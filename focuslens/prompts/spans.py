@@ -32,7 +32,7 @@ from typing import Any
 
 import torch
 
-from focuslens.typing import Model, Span
+from focuslens.typing import Span
 
 DEFAULT_INSTRUCTION = (
     "Write a high-quality answer for the given question using only the provided search "
@@ -427,7 +427,7 @@ def char_to_token_span(
 
 
 def tokenize_prompt(
-    model: Model,
+    model: Any,
     prompt: LabeledPrompt,
     *,
     prepend_bos: bool | None = None,

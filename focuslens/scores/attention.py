@@ -267,7 +267,7 @@ def _keep_rows(pattern: Tensor, hook: Any, *, out: dict, layer: int, heads: list
 def attention_map_data(
     model: Model,
     prompt: LabeledPrompt,
-    heads: HeadSet | Iterable[tuple[int, int]],
+    heads: HeadSet | Iterable[Any],
     *,
     query: str | None = None,
     sink: int = 2,

@@ -31,7 +31,7 @@ import torch
 
 from focuslens.model.hooks import attn_hook, hooks
 from focuslens.prompts.batch import batches, pad_token_id
-from focuslens.prompts.spans import LabeledPrompt
+from focuslens.prompts.spans import LabeledPrompt, TokenizedPrompt
 from focuslens.scores.reduce import (
     FIRST_DISTRACTOR,
     prepare,
@@ -45,7 +45,7 @@ from focuslens.typing import Model, QueryRows
 
 def contextual_scores(
     model: Model,
-    prompts: Sequence[LabeledPrompt],
+    prompts: Sequence[LabeledPrompt | TokenizedPrompt],
     *,
     query: QueryRows = "response",
     sink: int = 2,

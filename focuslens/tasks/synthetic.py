@@ -107,7 +107,7 @@ def _is_int(value: object) -> bool:
 
 
 def _check_options(
-    n: int, n_documents: int, gold_position: str | int
+    n: numbers.Integral, n_documents: numbers.Integral, gold_position: str | numbers.Integral
 ) -> tuple[int, int, str | int]:
     """Validated ``(n, n_documents, gold_position)``, integers as plain ints."""
     if not _is_int(n) or n < 0:
@@ -242,13 +242,13 @@ def build_prompt(
 
 
 def synthetic_retrieval(
-    n: int,
+    n: numbers.Integral,
     *,
-    n_documents: int,
-    gold_position: str | int = "random",
-    absent: float = 0.0,
-    seed: int = 0,
-    similar: float = 0.0,
+    n_documents: numbers.Integral,
+    gold_position: str | numbers.Integral = "random",
+    absent: numbers.Real = 0.0,
+    seed: numbers.Integral = 0,
+    similar: numbers.Real = 0.0,
 ) -> list[LabeledPrompt]:
     """``n`` key-value retrieval prompts for the demo model.
 

@@ -31,6 +31,7 @@ def test_position_tracker_sees_the_cache_offset():
     assert all(len(b.attn._forward_pre_hooks) == 0 for b in model.blocks)
 
 
+@pytest.mark.bad_input
 def test_query_row_mask():
     absolute = absolute_query_positions(3, 6)
     assert absolute.tolist() == [3, 4, 5]

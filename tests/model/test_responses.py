@@ -34,6 +34,7 @@ def test_generated_and_gold_only_responses_equal_greedy_answers():
     assert [p.response for p in auto] == [p.response for p in generated]
 
 
+@pytest.mark.bad_input
 def test_given_and_auto_keep_the_prompts_responses():
     model = tiny_model("rotary")
     prompts = labeled_prompts(2)

@@ -46,6 +46,7 @@ def test_batch_pads_on_the_right_and_tables_rows_by_hand():
     assert batch.has_relevant.tolist() == [True, True, True]
 
 
+@pytest.mark.bad_input
 def test_batches_keep_order_and_refuse_bad_sizes():
     model = tiny_model("rotary")
     tps = [tokenize_prompt(model, p) for p in labeled_prompts(5)]
@@ -57,6 +58,7 @@ def test_batches_keep_order_and_refuse_bad_sizes():
             list(batches(tps, bad))
 
 
+@pytest.mark.bad_input
 def test_tokenized_prompts_accepts_iterables_and_names_the_bad_prompt():
     model = tiny_model("rotary")
     prompts = labeled_prompts(3)

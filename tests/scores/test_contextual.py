@@ -91,6 +91,7 @@ def test_missing_relevant_is_refused_or_nan():
     torch.testing.assert_close(scores.relevant, scores.per_example["relevant"][0])
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     ("kwargs", "prompt_fn", "message"),
     [

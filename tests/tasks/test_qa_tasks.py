@@ -79,6 +79,7 @@ def test_resolve_position_rejects(position):
         resolve_position("middle", 5)
 
 
+@pytest.mark.bad_input
 def test_qa_prompt_without_gold_and_errors():
     p = qa_prompt("q?", ["a"], None, [("t", "x"), ("u", "y")])
     assert p.relevant is None and len(p.distractors) == 2

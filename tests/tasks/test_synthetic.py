@@ -163,6 +163,7 @@ def test_training_layout_matches_prompts(tokenizer):
     assert ids[end + tp.n_response] == tokenizer.eos_token_id
 
 
+@pytest.mark.bad_input
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
