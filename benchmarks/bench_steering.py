@@ -34,13 +34,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from focuslens.directions import FocusDirections, ModelShape  # noqa: E402
-from focuslens.directions.learn import (  # noqa: E402
-    _batch_rows,
-    _pad,
-    cache_attention_inputs,
-    cached_batch_mass,
-    train_layer,
-)
+from focuslens.directions.inputs import batch_rows, cache_attention_inputs, pad_inputs  # noqa: E402
+from focuslens.directions.learn import cached_batch_mass, train_layer  # noqa: E402
 from focuslens.model.generation import generate_greedy  # noqa: E402
 from focuslens.scores.reduce import prepare, span_mass  # noqa: E402
 
@@ -180,8 +175,8 @@ def whole_model_batch_mass(model: Any, layer: int, tps: list[Any], query: str):
     device = next(model.parameters()).device
 
     def mass(idx: list[int], d_q: torch.Tensor, d_k: torch.Tensor) -> torch.Tensor:
-        tokens = _pad([tps[i].tokens for i in idx], pad).long().to(device)
-        rows = _batch_rows([tps[i] for i in idx], query, tokens.shape[1])
+        tokens = pad_inputs([tps[i].tokens for i in idx], pad).long().to(device)
+        rows = batch_rows([tps[i] for i in idx], query, tokens.shape[1])
         out = {}
 
         def read(pattern: torch.Tensor, hook: Any) -> None:

@@ -3,27 +3,19 @@ test folders."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
-from _tiny import random_text
+from _tiny import labeled_prompts
 
 from focuslens.prompts import LabeledPrompt, tokenize_prompt
 from focuslens.scores.result import KINDS
 
 
 def make_prompts(n: int, seed: int = 0, n_docs: int = 4) -> list[LabeledPrompt]:
-    """Prompts of different lengths and gold positions."""
-    rng = torch.Generator().manual_seed(seed)
-    prompts = []
-    for i in range(n):
-        docs = [("w1", random_text(rng, 2 + (i + d) % 5)) for d in range(n_docs + i % 3)]
-        gold = i % len(docs)
-        response = random_text(rng, 1 + i % 3)
-        prompts.append(
-            LabeledPrompt.from_documents(
-                "w7 w8", docs, gold, ["x"], instruction="w9 w10", response=response
-            )
-        )
-    return prompts
+    """Prompts of different lengths and gold positions (those of ``labeled_prompts``, with
+    the gold answer ``"x"``: the response is teacher-forced, not the answer)."""
+    return [replace(p, answers=["x"]) for p in labeled_prompts(n, seed=seed, n_docs=n_docs)]
 
 
 def naive_scores(model, prompts, query="response", sink=2):

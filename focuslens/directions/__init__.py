@@ -5,13 +5,10 @@ learns them as the paper does; :func:`steer` adds them to the chosen heads while
 open (``alpha="auto"`` picks the magnitude per prompt, :mod:`focuslens.directions.magnitude`).
 """
 
+from focuslens.directions.closed_form import closed_form_gradient
 from focuslens.directions.core import FORMAT, FocusDirections, ModelShape, hook_point_for
-from focuslens.directions.learn import (
-    LEARNING_RESPONSES,
-    closed_form_gradient,
-    direction_cosine,
-    learn_focus_directions,
-)
+from focuslens.directions.inputs import LEARNING_RESPONSES
+from focuslens.directions.learn import direction_cosine, learn_focus_directions
 from focuslens.directions.magnitude import AutoAlpha
 from focuslens.directions.steering import DEFAULT_K, FORMS, Steering, steer
 

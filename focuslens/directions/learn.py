@@ -44,103 +44,33 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from focuslens.directions.closed_form import closed_form_method
 from focuslens.directions.core import FocusDirections, ModelShape
+from focuslens.directions.inputs import (
+    batch_rows,
+    cache_attention_inputs,
+    learning_prompts,
+    pad_inputs,
+    require_hooked_transformer,
+)
 from focuslens.heads import HeadSet, unique_heads
 from focuslens.model.hooks import (
-    attention_scale,
     attn_hook,
     hooks,
     key_hook_name,
     n_kv_heads,
-    pre_hooks,
     query_hook_name,
 )
-from focuslens.model.responses import with_responses
-from focuslens.prompts.batch import PromptBatch, batches, pad_token_id
 from focuslens.prompts.spans import LabeledPrompt, TokenizedPrompt
 from focuslens.scores.contextual import contextual_scores
 from focuslens.scores.reduce import prepare, span_mass
 from focuslens.typing import Model, QueryRows
 
-LEARNING_RESPONSES = ("gold_only", "given")
-"""Where the learning responses come from (see :mod:`focuslens.model.responses`)."""
 """Where the teacher-forced response comes from."""
 
 
 class _StopForward(Exception):
     """Raised from ``hook_pattern`` to skip the rest of an attention layer."""
-
-
-# ---------------------------------------------------------------------------- data
-def _learning_prompts(
-    model: Model, prompts: Sequence[LabeledPrompt], response: str, max_new_tokens: int | None
-) -> tuple[list[LabeledPrompt], list[int]]:
-    """Labelled prompts with their teacher-forced responses (``gold_only`` or ``given``)."""
-    if response not in LEARNING_RESPONSES:
-        raise ValueError(f"response must be one of {LEARNING_RESPONSES}, got {response!r}")
-    for i, prompt in enumerate(prompts):
-        if isinstance(prompt, LabeledPrompt) and prompt.relevant is None:
-            raise ValueError(
-                f"prompt {i} has no relevant document (relevant=None); focus directions are "
-                "learned from prompts whose relevant span is labelled"
-            )
-    return with_responses(model, prompts, response, max_new_tokens=max_new_tokens)
-
-
-def _batch_rows(
-    batch: Sequence[TokenizedPrompt], query: QueryRows, length: int
-) -> tuple[Tensor, Tensor, Tensor]:
-    """``rows [b, r]``, ``row_mask [b, r]`` and relevant key masks ``[b, 1, length]``."""
-    prompts = PromptBatch.of(batch)
-    rows, row_mask = prompts.rows(query)
-    return rows, row_mask.float(), prompts.relevant_mask(length)[:, None, :].float()
-
-
-def _pad(seqs: list[Tensor], value: float | int = 0.0) -> Tensor:
-    """Right-pad ``[pos, ...]`` tensors to one ``[batch, pos, ...]`` tensor."""
-    return torch.nn.utils.rnn.pad_sequence(seqs, batch_first=True, padding_value=value)
-
-
-# ---------------------------------------------------------------------------- caching
-def require_hooked_transformer(model: Model, what: str) -> None:
-    """Refuse a model that is not a ``HookedTransformer``, saying what to do instead.
-
-    Learning runs one attention layer on its cached inputs (``query_input`` /
-    ``key_input`` and the layer's own weights, ``attn_scale`` included), which only
-    TransformerLens's ``HookedTransformer`` attention modules expose.
-    """
-    from transformer_lens import HookedTransformer
-
-    if not isinstance(model, HookedTransformer):
-        raise TypeError(
-            f"{what} needs a HookedTransformer, got a {type(model).__name__}: it runs each "
-            "attention layer on its own from cached inputs, which a TransformerBridge's "
-            "attention modules do not support. Load the model with "
-            "HookedTransformer.from_pretrained(name, hf_model=...) (or focuslens.load_model "
-            "with a TransformerLens model name) to learn directions; the result can then "
-            "steer either backend of the same shape."
-        )
-
-
-def cache_attention_inputs(
-    model: Model, tps: Sequence[TokenizedPrompt], layers: Sequence[int]
-) -> dict[int, list[tuple[Tensor, Tensor]]]:
-    """Per layer and example, the (query, key) inputs of that layer's attention.
-
-    One unbatched pass per example of the unmodified model, stopped after the last
-    requested layer; the inputs are taken from a forward pre-hook on each attention
-    module (``[pos, d_model]``, detached).
-    """
-    out: dict[int, list[tuple[Tensor, Tensor]]] = {layer: [] for layer in layers}
-    device = next(model.parameters()).device
-
-    def grab(layer: int, module: Any, args: tuple, kwargs: dict) -> None:
-        out[layer].append((kwargs["query_input"][0].detach(), kwargs["key_input"][0].detach()))
-
-    with pre_hooks(model, grab, layers=layers), torch.no_grad():
-        for tp in tps:
-            model(tp.tokens[None].to(device), stop_at_layer=max(layers) + 1)
-    return out
 
 
 # ---------------------------------------------------------------------------- learned
@@ -161,7 +91,7 @@ def layer_mass(
         inputs: ``(query_input, key_input)``, each ``[batch, pos, d_model]``.
         d_q: ``[n_heads, d_head]``.
         d_k: ``[n_heads, d_head]``, mapped to KV heads by the mean over each group.
-        rows: ``(rows, row_mask, relevant_masks)`` from :func:`_batch_rows`.
+        rows: ``(rows, row_mask, relevant_masks)`` from :func:`batch_rows`.
     """
     attn = model.blocks[layer].attn
     n_kv = n_kv_heads(model)
@@ -206,9 +136,9 @@ def cached_batch_mass(
     """The mass of a batch from the cached attention inputs (right-padded), one layer run."""
 
     def mass(idx: list[int], d_q: Tensor, d_k: Tensor) -> Tensor:
-        q_in = _pad([cached[i][0] for i in idx])
-        k_in = _pad([cached[i][1] for i in idx])
-        rows = _batch_rows([tps[i] for i in idx], query, q_in.shape[1])
+        q_in = pad_inputs([cached[i][0] for i in idx])
+        k_in = pad_inputs([cached[i][1] for i in idx])
+        rows = batch_rows([tps[i] for i in idx], query, q_in.shape[1])
         return layer_mass(model, layer, (q_in, k_in), d_q, d_k, rows)
 
     return mass
@@ -285,98 +215,9 @@ def _learned(
     return d_q, d_k, {"loss_history": history}
 
 
-# ---------------------------------------------------------------------------- closed form
-def closed_form_gradient(
-    model: Model,
-    tps: Sequence[TokenizedPrompt],
-    layers: Sequence[int],
-    *,
-    query: QueryRows = "response",
-    batch_size: int = 8,
-) -> tuple[Tensor, Tensor]:
-    """Gradient of the layer loss's mass with respect to ``d_q`` at zero, and the mean
-    query norms.
-
-    Returns:
-        ``(grad [n_layers, n_heads, d_head], query_norm [n_layers, n_heads])``: per head,
-        the mean over examples of the mean over response rows of
-        ``(sum_{j in S} A_ij k_j - m_i sum_j A_ij k_j) / attn_scale``, divided by
-        ``n_heads`` (the layer loss averages over heads), so it equals autograd's
-        gradient of the mean relevant-span mass. Layers not requested are zero.
-    """
-    acc = _GradientSums(model, query)
-    device = next(model.parameters()).device
-    for _, prompts in batches(list(tps), batch_size, pad_token_id(model)):
-        tokens = prompts.tokens
-        acc.batch = _batch_rows(prompts.prompts, query, tokens.shape[1])
-        fwd = []
-        for layer in layers:
-            fwd += [
-                (key_hook_name(model, layer), _bind(acc.on_k, layer)),
-                (query_hook_name(model, layer), _bind(acc.on_q, layer)),
-                (attn_hook(layer, "hook_pattern"), _bind(acc.on_pattern, layer)),
-            ]
-        with torch.no_grad(), hooks(model, fwd):
-            model(tokens.to(device), stop_at_layer=max(layers) + 1, return_type=None)
-    return acc.grad / len(tps), acc.qnorm / len(tps)
-
-
-class _GradientSums:
-    """Hook callbacks that sum the closed-form gradient and query norms over examples."""
-
-    def __init__(self, model: Model, query: QueryRows) -> None:
-        cfg = model.cfg
-        self.model = model
-        self.grad = torch.zeros(cfg.n_layers, cfg.n_heads, cfg.d_head)
-        self.qnorm = torch.zeros(cfg.n_layers, cfg.n_heads)
-        self.group = cfg.n_heads // n_kv_heads(model)
-        self.batch: tuple[Tensor, Tensor, Tensor] | None = None
-        self.keys: dict[int, Tensor] = {}
-        self.norms: dict[int, Tensor] = {}
-
-    def on_k(self, k: Tensor, hook: Any, layer: int) -> None:
-        self.keys[layer] = k.repeat_interleave(self.group, dim=2).float()  # b k h d
-
-    def on_q(self, q: Tensor, hook: Any, layer: int) -> None:
-        rows = self.batch[0].to(q.device)  # type: ignore[index]
-        idx = rows[:, :, None, None].expand(-1, -1, q.shape[2], q.shape[3])
-        self.norms[layer] = q.gather(1, idx).float().norm(dim=-1)  # b r h
-
-    def on_pattern(self, pattern: Tensor, hook: Any, layer: int) -> None:
-        rows, row_mask, masks = (t.to(pattern.device) for t in self.batch)  # type: ignore[union-attr]
-        b, h, _, k = pattern.shape
-        a = pattern.gather(2, rows[:, None, :, None].expand(b, h, rows.shape[1], k)).float()
-        rel = masks[:, 0]  # b k
-        keys = self.keys.pop(layer)
-        m = torch.einsum("bhrk,bk->bhr", a, rel)
-        k_s = torch.einsum("bhrk,bk,bkhd->bhrd", a, rel, keys)
-        k_all = torch.einsum("bhrk,bkhd->bhrd", a, keys)
-        g = (k_s - m[..., None] * k_all) / attention_scale(self.model, layer)
-        w = row_mask
-        per_ex = (g * w[:, None, :, None]).sum(2) / w.sum(1)[:, None, None]  # b h d
-        self.grad[layer] += per_ex.sum(0).cpu() / h
-        qn = (self.norms.pop(layer) * w[:, :, None]).sum(1) / w.sum(1)[:, None]  # b h
-        self.qnorm[layer] += qn.sum(0).cpu()
-
-
-def _bind(fn: Callable, layer: int) -> Callable:
-    return lambda act, hook: fn(act, hook, layer)
-
-
-def _closed_form(
-    model: Model, tps: list[TokenizedPrompt], layers: list[int], settings: dict[str, Any]
-) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    grad, qnorm = closed_form_gradient(
-        model, tps, layers, query=settings["query"], batch_size=settings["batch_size"]
-    )
-    unit = grad / grad.norm(dim=-1, keepdim=True).clamp(min=1e-30)
-    d_q = unit * qnorm[..., None]
-    return d_q, torch.zeros_like(d_q), {"gradient_norm": grad.norm(dim=-1).tolist()}
-
-
 METHODS: dict[str, Callable[..., tuple[Tensor, Tensor, dict[str, Any]]]] = {
     "learned": _learned,
-    "closed_form": _closed_form,
+    "closed_form": closed_form_method,
 }
 """Direction methods: name -> ``f(model, tokenised prompts, layers, settings)``."""
 
@@ -451,7 +292,7 @@ def learn_focus_directions(
     if isinstance(prompts, LabeledPrompt):
         prompts = [prompts]
     ranked = None if heads is None else unique_heads(model, heads)
-    answered, skipped = _learning_prompts(model, prompts, response, max_new_tokens)
+    answered, skipped = learning_prompts(model, prompts, response, max_new_tokens)
     tps = prepare(model, answered, query=query, sink=0)
     layers = sorted({layer for layer, _ in ranked}) if ranked else list(range(model.cfg.n_layers))
     settings = {
@@ -503,8 +344,6 @@ def direction_cosine(a: FocusDirections, b: FocusDirections, heads: Any) -> Tens
 
 
 __all__ = [
-    "LEARNING_RESPONSES",
-    "closed_form_gradient",
     "direction_cosine",
     "learn_focus_directions",
 ]

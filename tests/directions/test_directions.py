@@ -13,12 +13,9 @@ from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from focuslens import LabeledPrompt, contextual_scores
 from focuslens.directions import FocusDirections, ModelShape
-from focuslens.directions.learn import (
-    cache_attention_inputs,
-    closed_form_gradient,
-    layer_mass,
-    learn_focus_directions,
-)
+from focuslens.directions.closed_form import closed_form_gradient
+from focuslens.directions.inputs import cache_attention_inputs
+from focuslens.directions.learn import layer_mass, learn_focus_directions
 from focuslens.model.generation import generate_greedy
 from focuslens.model.responses import with_responses
 from focuslens.prompts.spans import tokenize_prompt
