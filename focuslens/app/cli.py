@@ -28,13 +28,15 @@ line naming the problem, with exit status 1 (2 for a bad command line).
 from __future__ import annotations
 
 import argparse
+import math
+import os
 import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from focuslens.app.run import RunFolder
+from focuslens.app.run import RUN_FILES, RunFolder
 from focuslens.typing import Model
 
 
@@ -91,6 +93,8 @@ def cmd_data(args: argparse.Namespace) -> None:
     from focuslens.tasks.files import write_prompts
     from focuslens.tasks.synthetic import synthetic_retrieval
 
+    if Path(args.out).is_dir():
+        raise CommandError(f"--out {args.out} is a folder; give the path of a .jsonl file")
     gold: Any = int(args.gold_position) if args.gold_position.isdigit() else args.gold_position
     try:
         prompts = synthetic_retrieval(
@@ -238,11 +242,23 @@ def cmd_steer(args: argparse.Namespace) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from focuslens.app.story import build_report, headline
 
+    run = RunFolder(args.run)
+    out = Path(args.out) if args.out else run.folder / "report.html"
+    inputs = {run.path(name).resolve() for name in RUN_FILES}
+    if out.resolve() in inputs:
+        raise CommandError(f"--out {out} is one of the run's own files; give another path")
+    if out.is_dir():
+        raise CommandError(f"--out {out} is a folder; give the path of an .html file")
     try:
         report = build_report(args.run, title=args.title)
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:
         raise CommandError(str(exc)) from None
-    out = report.save(args.out or Path(args.run) / "report.html")
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        report.save(tmp)
+        os.replace(tmp, out)
+    finally:
+        tmp.unlink(missing_ok=True)
     for key, value in headline(args.run).items():
         print(f"  {key}: {value}")
     print(f"report: {out}")
@@ -251,6 +267,7 @@ def cmd_report(args: argparse.Namespace) -> None:
 def cmd_demo(args: argparse.Namespace) -> None:
     from focuslens.app.demo import run_demo
 
+    _check_run_folder(args.out)
     start = time.perf_counter()
     try:
         numbers = run_demo(
@@ -269,26 +286,63 @@ def cmd_demo(args: argparse.Namespace) -> None:
     print(f"report: {Path(args.out) / 'report.html'}  ({time.perf_counter() - start:.0f} s)")
 
 
+def _check_device(device: str) -> None:
+    import torch
+
+    try:
+        kind = torch.device(device).type
+    except RuntimeError as exc:
+        raise CommandError(f"--device {device!r} is not a torch device ({exc})") from None
+    if kind == "cuda" and not torch.cuda.is_available():
+        raise CommandError(f"--device {device}: CUDA is not available on this machine")
+    if kind == "mps" and not torch.backends.mps.is_available():
+        raise CommandError(f"--device {device}: MPS is not available on this machine")
+
+
+def _check_run_folder(out: str) -> RunFolder:
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise CommandError(f"--out {out} is a file; give a folder for the run's results")
+    return RunFolder(path)
+
+
 def _setup(args: argparse.Namespace) -> tuple[Any, list, RunFolder]:
+    run = _check_run_folder(args.out)
+    _check_device(args.device)
     prompts = _prompts(args)  # read the data first: a bad file fails before a slow load
     if args.threads:
         import torch
 
         torch.set_num_threads(args.threads)
     model = load_model(args.model, dtype=args.dtype, device=args.device)
-    return model, prompts, RunFolder(args.out)
+    return model, prompts, run
 
 
 # ---------------------------------------------------------------------- parser
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a positive whole number, got {text!r}"
+        ) from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive whole number, got {text!r}")
+    return value
+
+
 def _alpha(text: str) -> float | str:
     if text == "auto":
         return "auto"
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"alpha must be a number or 'auto', got {text!r}"
         ) from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"alpha must be a finite number, got {text!r}")
+    return value
 
 
 def _model_args(p: argparse.ArgumentParser) -> None:
@@ -307,7 +361,9 @@ def _model_args(p: argparse.ArgumentParser) -> None:
         default="auto",
         choices=["auto", "documents", "labeled", "helmet", "lost_in_the_middle"],
     )
-    g.add_argument("--limit", type=int, default=None, help="read at most this many prompts")
+    g.add_argument(
+        "--limit", type=_positive_int, default=None, help="read at most this many prompts"
+    )
     g.add_argument("--out", required=True, help="run folder for the results")
     g.add_argument("--quiet", action="store_true", help="no progress bars")
     g.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
@@ -322,6 +378,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="focuslens", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     p = sub.add_parser("demo", help="the whole story on the demo model, then a report")
@@ -432,7 +489,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     threads = torch.get_num_threads()
     try:
         args.func(args)
-    except CommandError as exc:
+    except (CommandError, ValueError, OSError) as exc:
+        # Expected failures (bad input, a file that cannot be read or written): one line.
+        if args.debug:
+            raise
         print(f"focuslens: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

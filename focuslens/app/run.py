@@ -32,9 +32,12 @@ empty are left out, and their number is recorded.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,15 +94,64 @@ class RunFolder:
         return path
 
     def settings(self) -> dict[str, Any]:
+        """The settings of each stage (``settings.json``), by stage name."""
         path = self.path("settings")
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.is_file():
+            return {}
+        try:
+            value = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise ValueError(f"{path} is not valid JSON ({exc}); was it edited by hand?") from None
+        if not isinstance(value, dict):
+            raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}")
+        return value
+
+    @contextmanager
+    def writing(self, name: str) -> Iterator[Path]:
+        """A temporary path to write result ``name`` to; it replaces the result only when
+        the body succeeds (a write interrupted halfway never leaves a truncated file)."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final = self.path(name)
+        tmp = final.with_name(f".{final.name}.tmp{final.suffix}")
+        try:
+            yield tmp
+            os.replace(tmp, final)
+        finally:
+            tmp.unlink(missing_ok=True)
+
+    def heads_digest(self) -> str | None:
+        """A short hash of ``heads.json`` as it is now (``None`` without one): each stage
+        that reads the top heads records it, so that results of other heads are detected."""
+        path = self.path("heads")
+        return hashlib.sha256(path.read_bytes()).hexdigest()[:16] if path.is_file() else None
+
+    def check_consistent(self) -> None:
+        """Refuse a folder whose later results were computed from other top heads than
+        ``heads.json`` now names (the report must never mix them)."""
+        current = self.heads_digest()
+        stale = sorted(
+            stage
+            for stage, values in self.settings().items()
+            if isinstance(values, dict) and values.get("heads_digest") not in (None, current)
+        )
+        if stale:
+            raise ValueError(
+                f"{self.folder}: the results of stage(s) {', '.join(stale)} were computed with "
+                f"other top heads than {self.path('heads')} now names; rerun them "
+                "(focuslens learn / eval / steer) or use a new run folder"
+            )
+
+    def later_results(self, stage: str) -> list[str]:
+        """The files of this folder that stages after ``stage`` computed from its results."""
+        later = {"scores": ("effects", "directions", "evals")}.get(stage, ())
+        return [RUN_FILES[name] for name in later if self.has(name)]
 
     def record(self, stage: str, settings: dict[str, Any]) -> None:
         """Store a stage's settings in ``settings.json`` (replacing that stage's entry)."""
-        self.folder.mkdir(parents=True, exist_ok=True)
         merged = self.settings()
         merged[stage] = settings
-        self.path("settings").write_text(json.dumps(merged, indent=2, default=str))
+        with self.writing("settings") as tmp:
+            tmp.write_text(json.dumps(merged, indent=2, default=str))
 
     def heads(self) -> list[tuple[int, int]]:
         """The ranked heads of ``heads.json``."""
@@ -110,7 +162,19 @@ class RunFolder:
         path = self.path("evals")
         if not path.is_file() or path.stat().st_size == 0:
             return pd.DataFrame(columns=["condition", "data", "kind", "correct"])
-        return pd.read_json(path, lines=True, dtype=False)
+        try:
+            return pd.read_json(path, lines=True, dtype=False)
+        except ValueError as exc:
+            raise ValueError(
+                f"{path} is not valid JSON Lines ({exc}); was it edited by hand?"
+            ) from None
+
+
+def _digest(*parts: Any) -> str:
+    """A short hash of a stage's inputs (prompts and settings), to tell a rerun on other
+    inputs from the same one."""
+    text = json.dumps(parts, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
 def _is_focuslens_folder(path: Path) -> bool:
@@ -166,24 +230,48 @@ def stage_scores(
     score needs a relevant span. Their number is recorded in ``settings.json``.
     """
     n_given = len(prompts)
+    n_heads = model.cfg.n_layers * model.cfg.n_heads
+    if isinstance(k, bool) or not isinstance(k, int) or not 0 < k <= n_heads:
+        raise ValueError(
+            f"k must be an int between 1 and {n_heads} (the number of heads), got {k!r}"
+        )
     prompts = [p for p in prompts if p.relevant is not None]
     if not prompts:
         raise ValueError("no prompt has a relevant document; contextual scores need one")
+    inputs = _digest(
+        [p.text for p in prompts], [p.response for p in prompts], k, query, sink, response
+    )
+    stale = run.later_results("scores")
+    previous = run.settings().get("scores")
+    if stale and previous is not None and previous.get("inputs") != inputs:
+        raise ValueError(
+            f"{run.folder} holds results computed from other contextual scores "
+            f"({', '.join(stale)}); new scores would leave them stale. Use a new run folder, "
+            "or delete those files to start over"
+        )
     answered, skipped = with_responses(model, prompts, response)
     kw = {"query": query, "sink": sink, "batch_size": batch_size, "progress": progress}
     scores = contextual_scores(model, answered, **kw)
-    run.folder.mkdir(parents=True, exist_ok=True)
-    scores.save(run.path("scores"))
     heads = scores.top_heads(k)
-    run.path("heads").write_text(json.dumps([list(h) for h in heads]))
+    gold = None
     if all(p.has_variants for p in answered):
         gold = contextual_scores(model, [p.gold_only() for p in answered], **kw)
-        gold.save(run.path("scores_gold"))
     amap = attention_map_data(
         model, answered[example % len(answered)], heads, query=query, sink=sink
     )
-    amap.save(run.path("attention"))
+    with run.writing("scores") as tmp:
+        scores.save(tmp)
+    with run.writing("heads") as tmp:
+        tmp.write_text(json.dumps([list(h) for h in heads]))
+    if gold is not None:
+        with run.writing("scores_gold") as tmp:
+            gold.save(tmp)
+    elif run.has("scores_gold"):
+        run.path("scores_gold").unlink()  # the gold scores of other prompts: not these
+    with run.writing("attention") as tmp:
+        amap.save(tmp)
     settings = {
+        "inputs": inputs,
         "model": _model_name(model),
         "n_prompts": len(answered),
         "n_without_relevant": n_given - len(prompts),
@@ -213,11 +301,8 @@ def stage_effects(
         "zero ablation": ablation_effects(model, prompts, **kw).values,
         "attribution patching": attribution_patching(model, prompts, **kw).values,
     }
-    run.folder.mkdir(parents=True, exist_ok=True)
-    save_file(
-        {k: v.detach().float().cpu().contiguous() for k, v in tables.items()},
-        str(run.path("effects")),
-    )
+    with run.writing("effects") as tmp:
+        save_file({k: v.detach().float().cpu().contiguous() for k, v in tables.items()}, str(tmp))
     run.record("effects", {"n_prompts": len(prompts), "target": target, "mode": "zero"})
     return tables
 
@@ -261,7 +346,8 @@ def stage_learn(
         progress=progress,
     )
     run.folder.mkdir(parents=True, exist_ok=True)
-    directions.save(run.path("directions"))
+    with run.writing("directions") as tmp:
+        directions.save(tmp)
     run.record(
         "learn",
         {
@@ -272,6 +358,7 @@ def stage_learn(
             "method": method,
             "seed": seed,
             "heads": [list(h) for h in heads],
+            "heads_digest": run.heads_digest(),
         },
     )
     return directions
@@ -366,8 +453,10 @@ def record_rows(run: RunFolder, condition: Condition, frame: pd.DataFrame, data:
         labels = old["data"] if "data" in old.columns else pd.Series("test", index=old.index)
         old = old[(old["condition"] != condition.name) | (labels != data)]
     combined = pd.concat([old, frame], ignore_index=True) if len(old) else frame
-    run.folder.mkdir(parents=True, exist_ok=True)
-    combined.to_json(run.path("evals"), orient="records", lines=True)
+    with run.writing("evals") as tmp:
+        combined.to_json(tmp, orient="records", lines=True)
+    if condition.kind in ("split_softmax", "steering"):  # read the top heads
+        run.record("evals", {"heads_digest": run.heads_digest()})
 
 
 def stage_eval(

@@ -449,6 +449,7 @@ def build_report(
     run = RunFolder(run_dir)
     if not run.folder.is_dir():
         raise FileNotFoundError(f"run folder {run.folder} does not exist")
+    run.check_consistent()
     every = run.evals()
     evals = main_data(every)
     report = Report(title, settings={**_flat_settings(run.settings()), **(settings or {})})

@@ -156,6 +156,16 @@ class FocusDirections:
                 )
         self.d_q = self.d_q.detach()
         self.d_k = self.d_k.detach()
+        for name in ("d_q", "d_k"):
+            tensor = getattr(self, name)
+            if not tensor.is_floating_point():
+                raise ValueError(f"{name} must be a floating-point tensor, got {tensor.dtype}")
+            bad = int((~torch.isfinite(tensor)).sum())
+            if bad:
+                raise ValueError(
+                    f"{name} holds {bad} NaN or infinite value(s) of {tensor.numel()}; steering "
+                    "with them would zero the steered heads' attention (a corrupted file?)"
+                )
         self.heads = [(int(layer), int(head)) for layer, head in self.heads]
         HeadSet(self.heads)  # validates the pairs
         for layer, head in self.heads:
@@ -166,8 +176,14 @@ class FocusDirections:
         if self.layers is None:
             self.layers = list(range(self.shape.n_layers))
         self.layers = sorted(int(layer) for layer in self.layers)
+        expected = hook_point_for(self.shape)
         if not self.hook_point:
-            self.hook_point = hook_point_for(self.shape)
+            self.hook_point = expected
+        elif self.hook_point != expected:
+            raise ValueError(
+                f"hook_point {self.hook_point!r} does not fit a model of {self.shape}: focus "
+                f"directions act at {expected!r} (after the rotary embedding on rotary models)"
+            )
 
     # ------------------------------------------------------------------ access
     def q(self, layer: int) -> Float[Tensor, "n_heads d_head"]:
@@ -315,22 +331,30 @@ class FocusDirections:
             raise ValueError(
                 f"{path} has no focuslens metadata; was it written by FocusDirections.save?"
             )
-        meta = json.loads(header)
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"{path} has format {meta.get('format')!r}, expected {FORMAT!r}")
+        try:
+            meta = json.loads(header)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: its focuslens metadata is not valid JSON ({exc})") from None
+        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
+            found = meta.get("format") if isinstance(meta, dict) else type(meta).__name__
+            raise ValueError(f"{path} has format {found!r}, expected {FORMAT!r}")
         missing = [name for name in ("d_q", "d_k") if name not in tensors]
         if missing:
             raise ValueError(f"{path} lacks the tensors {missing}")
-        out = cls(
-            d_q=tensors["d_q"],
-            d_k=tensors["d_k"],
-            shape=ModelShape(**meta["shape"]),
-            heads=[tuple(h) for h in meta.get("heads", [])],
-            layers=meta.get("layers"),
-            hook_point=meta.get("hook_point", ""),
-            training=meta.get("training", {}),
-            meta={**meta.get("meta", {}), "versions_saved": meta.get("versions", {})},
-        )
+        try:
+            out = cls(
+                d_q=tensors["d_q"],
+                d_k=tensors["d_k"],
+                shape=ModelShape(**meta["shape"]),
+                heads=[tuple(h) for h in meta.get("heads", [])],
+                layers=meta.get("layers"),
+                hook_point=meta.get("hook_point", ""),
+                training=meta.get("training", {}),
+                meta={**meta.get("meta", {}), "versions_saved": meta.get("versions", {})},
+            )
+        except (KeyError, TypeError, ValueError) as exc:
+            what = f"no {exc}" if isinstance(exc, KeyError) else str(exc)
+            raise ValueError(f"{path}: not valid focus directions: {what}") from None
         if model is not None:
             out.check_model(model)
         return out
@@ -424,7 +448,11 @@ def _load_release_tensor(path: Path, shape: ModelShape) -> Tensor:
             f"{path.name} has shape {tuple(value.shape)}, but the model needs "
             f"[n_heads, d_head] = {want} (model: {shape})"
         )
-    return value.detach().float().clone()
+    value = value.detach().float().clone()
+    bad = int((~torch.isfinite(value)).sum())
+    if bad:
+        raise ValueError(f"{path} holds {bad} NaN or infinite value(s) of {value.numel()}")
+    return value
 
 
 def _find_heads_file(folder: Path) -> Path | None:

@@ -38,7 +38,7 @@ and the target of ``alpha="auto"`` (:func:`focuslens.directions.magnitude.record
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -225,7 +225,7 @@ METHODS: dict[str, Callable[..., tuple[Tensor, Tensor, dict[str, Any]]]] = {
 # ---------------------------------------------------------------------------- public
 def learn_focus_directions(
     model: Model,
-    prompts: Sequence[LabeledPrompt],
+    prompts: Iterable[LabeledPrompt],
     *,
     heads: Any = None,
     epochs: int = 10,
@@ -265,7 +265,10 @@ def learn_focus_directions(
         init_std: Standard deviation of the initial directions.
         weight_decay: AdamW weight decay (PyTorch's default).
         max_new_tokens: Cap on the gold-only answers' length.
-        record_auto: Record the target of ``alpha="auto"`` on the gold-only prompts.
+        record_auto: Record the target of ``alpha="auto"`` on the gold-only prompts. Prompts
+            without a document layout (no ``gold_only()``, e.g. read from a "labeled" file)
+            have no gold-only variant: then no target is recorded, and
+            ``training["auto_note"]`` says why (learning itself does not fail).
         progress: Show a progress bar.
 
     Returns:
@@ -289,8 +292,7 @@ def learn_focus_directions(
             raise ValueError(f"{name} must be a positive int, got {value!r}")
     if not lr > 0:
         raise ValueError(f"lr must be positive, got {lr!r}")
-    if isinstance(prompts, LabeledPrompt):
-        prompts = [prompts]
+    prompts = [prompts] if isinstance(prompts, LabeledPrompt) else list(prompts)
     ranked = None if heads is None else unique_heads(model, heads)
     answered, skipped = learning_prompts(model, prompts, response, max_new_tokens)
     tps = prepare(model, answered, query=query, sink=0)
@@ -328,10 +330,17 @@ def learn_focus_directions(
         training=training,
         meta={"model": getattr(model.cfg, "model_name", None)},
     )
-    if record_auto:
+    if record_auto and all(p.has_variants for p in answered):
         from focuslens.directions.magnitude import record_auto_target
 
         out = record_auto_target(model, out, answered)
+    elif record_auto:  # the target is measured on gold-only variants, which these lack
+        out.training["auto"] = None
+        out.training["auto_note"] = (
+            "no target for alpha='auto' was recorded: the prompts carry no document layout, "
+            "so their gold-only variants cannot be built (give prompts built from documents, "
+            "or AutoAlpha(target=...) when steering)"
+        )
     return out
 
 

@@ -61,6 +61,7 @@ Example:
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -78,7 +79,6 @@ from focuslens.model.hooks import (
     hooks,
     key_hook_name,
     kv_head_of,
-    query_hook_name,
     query_row_mask,
 )
 from focuslens.prompts.batch import tokenized_prompts
@@ -131,7 +131,7 @@ def head_tables(
     dk: dict[int, Tensor] = {}
     for layer, idx in HeadSet(heads).by_layer().items():
         chosen = torch.tensor(idx)
-        dq[layer] = torch.zeros_like(directions.d_q[layer])
+        dq[layer] = torch.zeros(shape.n_heads, shape.d_head)  # float32, cast in the hooks
         dq[layer][chosen] = directions.d_q[layer, chosen].float()
         sums = torch.zeros(shape.n_key_value_heads, shape.d_head)
         counts = torch.zeros(shape.n_key_value_heads, 1)
@@ -149,11 +149,14 @@ class SteerState:
         alpha: A float or a ``[batch]`` tensor.
         positions: ``"all"``, ``"prompt"`` or ``"generated"``.
         n_prompt: Prompt length(s) for ``positions`` other than ``"all"``.
+        hook_point: Where the directions act, ``"query hook/key hook"``
+            (:attr:`FocusDirections.hook_point`).
     """
 
     alpha: float | Tensor
     positions: str = "all"
     n_prompt: Tensor | int | None = None
+    hook_point: str = "hook_rot_q/hook_rot_k"
     chosen: dict[str, Any] = field(default_factory=dict)
 
 
@@ -208,10 +211,11 @@ def _qk_hooks(
     def k_hook(k: Tensor, hook: Any, layer: int) -> Tensor:
         return k + scaled("k", layer, k)
 
+    query_point, key_point = state.hook_point.split("/")
     out = []
     for layer in dq:
-        out.append((query_hook_name(model, layer), _bind(q_hook, layer)))
-        out.append((key_hook_name(model, layer), _bind(k_hook, layer)))
+        out.append((attn_hook(layer, query_point), _bind(q_hook, layer)))
+        out.append((attn_hook(layer, key_point), _bind(k_hook, layer)))
     return out
 
 
@@ -281,10 +285,16 @@ def _check_form(model: Model, form: str) -> None:
 
 
 def _as_alpha(alpha: Any) -> float | Tensor:
+    """A finite number or ``[batch]`` tensor; NaN or infinity would zero the steered heads'
+    attention (every score NaN) and give plausible-looking wrong answers, so they are refused."""
     if isinstance(alpha, Tensor):
+        if alpha.is_floating_point() and not bool(torch.isfinite(alpha).all()):
+            raise ValueError(f"alpha must be finite, got a tensor with NaN or infinity: {alpha}")
         return alpha.detach()
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)):
         raise ValueError(f"alpha must be a number, a [batch] tensor or 'auto', got {alpha!r}")
+    if not math.isfinite(alpha) or abs(alpha) > torch.finfo(torch.float32).max:
+        raise ValueError(f"alpha must be a finite number (in float32), got {alpha!r}")
     return float(alpha)
 
 
@@ -346,7 +356,9 @@ def steer(
         raise ValueError(f"positions={positions!r} needs n_prompt (the prompt length)")
     n_prompt_t = None if n_prompt is None else torch.as_tensor(n_prompt).reshape(-1)
     dq, dk = head_tables(directions, head_set)
-    state = SteerState(alpha=0.0, positions=positions, n_prompt=n_prompt_t)
+    state = SteerState(
+        alpha=0.0, positions=positions, n_prompt=n_prompt_t, hook_point=directions.hook_point
+    )
     tracker = PositionTracker(model)
     if form == "qk":
         fwd = _qk_hooks(model, dq, dk, state, tracker)
@@ -401,6 +413,10 @@ class Steering:
     auto: Any = None
     last_alpha: list[float] = field(default_factory=list)
     history: list[float] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.alpha, str) and self.alpha == "auto"):
+            _as_alpha(self.alpha)  # a finite number: refused here, before any generation
 
     def apply(self, model: Model, prompts: Sequence[LabeledPrompt]) -> Any:
         """The steering context for a batch of ``prompts`` (as ``evaluate`` passes them)."""

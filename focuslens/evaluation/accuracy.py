@@ -251,7 +251,7 @@ def _one(model: Model, index: int, prompt: LabeledPrompt, options: _Options) -> 
 
 def evaluate(
     model: Model,
-    prompts: Sequence[LabeledPrompt] | LabeledPrompt,
+    prompts: Iterable[LabeledPrompt] | LabeledPrompt,
     *,
     intervention: Intervention | None = None,
     metric: str | Metric | None = None,
@@ -301,6 +301,10 @@ def evaluate(
     if isinstance(prompts, LabeledPrompt):
         prompts = [prompts]
     prompts = list(prompts)
+    if not prompts:
+        raise ValueError(
+            "no prompts given; evaluate needs at least one (an empty run has no accuracy)"
+        )
     for i, p in enumerate(prompts):
         if not isinstance(p, LabeledPrompt):
             raise TypeError(f"prompt {i} is a {type(p).__name__}, expected a LabeledPrompt")

@@ -26,7 +26,7 @@ without them the evaluation prompts are reused and ``meta["selection"]`` says so
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -175,7 +175,7 @@ def _row(condition: str, series: str, k: int, tau: float, seed: int, heads: Any,
 
 def contextual_head_experiment(
     model: Model,
-    prompts: Sequence[LabeledPrompt],
+    prompts: Iterable[LabeledPrompt],
     *,
     ks: Sequence[int] = (1, 5, 10, 20),
     taus: Sequence[float] = (0.1,),
@@ -230,6 +230,8 @@ def contextual_head_experiment(
         >>> fig = exp.figure(tau=0.5)
     """
     n_total = model.cfg.n_layers * model.cfg.n_heads
+    if not isinstance(prompts, LabeledPrompt):
+        prompts = list(prompts)  # any iterable; it is read once per condition
     _check(prompts, ks, taus, n_total)
     for tau in taus:
         SplitSoftmax([(0, 0)], tau)  # validates tau before any generation

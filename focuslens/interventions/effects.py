@@ -36,7 +36,7 @@ and is dropped by whitespace-splitting tokenizers), ``target="response"`` the pr
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import partial
 from typing import Any
@@ -96,14 +96,13 @@ class HeadEffects(HeadScores):
 # ------------------------------------------------------------------ answer log-prob
 def answer_prompts(
     model: Model,
-    prompts: Sequence[LabeledPrompt] | LabeledPrompt,
+    prompts: Iterable[LabeledPrompt] | LabeledPrompt,
     *,
     target: str = "answer",
     answer_prefix: str = " ",
 ) -> list[TokenizedPrompt]:
     """Tokenise each prompt followed by its gold answer (the teacher-forced target)."""
-    if isinstance(prompts, LabeledPrompt):
-        prompts = [prompts]
+    prompts = [prompts] if isinstance(prompts, LabeledPrompt) else list(prompts)
     if len(prompts) == 0:
         raise ValueError("no prompts given")
     if target not in ("answer", "response"):
@@ -152,7 +151,7 @@ def _batches(
 
 def answer_logprob(
     model: Model,
-    prompts: Sequence[LabeledPrompt],
+    prompts: Iterable[LabeledPrompt],
     *,
     target: str = "answer",
     answer_prefix: str = " ",
@@ -194,7 +193,7 @@ def _means(model: Model, mode: str, means: Tensor | None, tps: list[TokenizedPro
 
 def ablation_effects(
     model: Model,
-    prompts: Sequence[LabeledPrompt],
+    prompts: Iterable[LabeledPrompt],
     *,
     heads: Any = None,
     mode: str = "zero",
@@ -250,7 +249,7 @@ def ablation_effects(
 
 def joint_ablation_effect(
     model: Model,
-    prompts: Sequence[LabeledPrompt],
+    prompts: Iterable[LabeledPrompt],
     heads: Any,
     *,
     mode: str = "zero",
@@ -283,7 +282,7 @@ def _record_z(z: Tensor, hook: Any, *, layer: int, zs: dict, deltas: dict) -> Te
 
 def attribution_patching(
     model: Model,
-    prompts: Sequence[LabeledPrompt],
+    prompts: Iterable[LabeledPrompt],
     *,
     mode: str = "zero",
     means: Tensor | None = None,

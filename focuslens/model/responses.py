@@ -19,7 +19,7 @@ no response row: it is left out, and its index is returned, never silently dropp
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from focuslens.model.generation import Generation, generate_greedy
@@ -64,7 +64,7 @@ def greedy_answer(
 
 def with_responses(
     model: Model,
-    prompts: Sequence[LabeledPrompt],
+    prompts: Iterable[LabeledPrompt],
     response: ResponseSource = "auto",
     *,
     max_new_tokens: int | None = None,

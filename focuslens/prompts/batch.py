@@ -124,7 +124,11 @@ def tokenized_prompts(
                     raise ValueError(f"query={query!r} needs response tokens; it has none")
             else:
                 tp = tokenize_prompt(
-                    model, prompt, prepend_bos=prepend_bos, require_response=needs_response
+                    model,
+                    prompt,
+                    prepend_bos=prepend_bos,
+                    require_response=needs_response,
+                    max_tokens=n_ctx,  # checked before the spans are mapped
                 )
             if len(tp) > n_ctx:
                 raise ValueError(

@@ -26,7 +26,8 @@ in the response text if your tokenizer expects one (``" Paris"`` for GPT-2).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import bisect
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -50,6 +51,16 @@ DEFAULT_DOC_BODY = "(Title: {title}) {text}"
 def _preview(text: str, n: int = 80) -> str:
     short = text[:n].replace("\n", "\\n")
     return short + ("..." if len(text) > n else "")
+
+
+def _span(name: str, span: Any) -> tuple:
+    """A span as a tuple; refuses what is not a pair of ints (a bool is not an int here)."""
+    if isinstance(span, (str, bytes)) or not isinstance(span, Iterable):
+        raise ValueError(f"{name} span {span!r} must be two ints (start, end)")
+    out = tuple(span)
+    if len(out) != 2 or not all(isinstance(x, int) and not isinstance(x, bool) for x in out):
+        raise ValueError(f"{name} span {span!r} must be two ints (start, end)")
+    return out
 
 
 @dataclass(frozen=True)
@@ -102,16 +113,25 @@ class LabeledPrompt:
     def __post_init__(self) -> None:
         if not isinstance(self.text, str):
             raise TypeError(f"LabeledPrompt.text must be a str, got {type(self.text).__name__}")
-        object.__setattr__(self, "distractors", [tuple(s) for s in self.distractors])
+        object.__setattr__(self, "distractors", [_span("distractor", s) for s in self.distractors])
         if self.relevant is not None:
-            object.__setattr__(self, "relevant", tuple(self.relevant))
+            object.__setattr__(self, "relevant", _span("relevant", self.relevant))
         if isinstance(self.answers, str):
             object.__setattr__(self, "answers", [self.answers])
+        if self.answers is None or not all(isinstance(a, str) for a in self.answers):
+            raise ValueError(
+                f"answers must be a list of strings (may be empty), got {self.answers!r}"
+            )
+        object.__setattr__(self, "answers", list(self.answers))
+        if self.response is not None and not isinstance(self.response, str):
+            raise ValueError(f"response must be a str or None, got {self.response!r}")
         labelled = ([("relevant", self.relevant)] if self.relevant is not None else []) + [
             (f"distractor {i}", s) for i, s in enumerate(self.distractors)
         ]
         for name, span in labelled:
-            if len(span) != 2 or not all(isinstance(x, int) for x in span):
+            if len(span) != 2 or not all(
+                isinstance(x, int) and not isinstance(x, bool) for x in span
+            ):
                 raise ValueError(f"{name} span {span!r} must be two ints (start, end)")
             start, end = span
             if start >= end:
@@ -405,6 +425,7 @@ def char_to_token_span(
     shift: int = 0,
     name: str = "span",
     text: str = "",
+    index: _OffsetIndex | None = None,
 ) -> Span:
     """Token span ``[first, last + 1)`` of the tokens that share a character with ``span``.
 
@@ -412,18 +433,49 @@ def char_to_token_span(
         offsets: Per-token character offsets ``(start, end)``.
         span: Character span.
         shift: Added to the token indices (1 when a BOS token is prepended).
+        index: A prebuilt :class:`_OffsetIndex` of ``offsets`` (mapping many spans of one
+            prompt then costs ``O(tokens + spans log tokens)``, not ``O(tokens x spans)``).
 
     Raises:
         ValueError: When no token covers any character of the span.
     """
     start, end = span
-    hits = [i for i, (s, e) in enumerate(offsets) if s < e and s < end and e > start]
-    if not hits:
+    found = (index or _OffsetIndex(offsets)).covering(start, end)
+    if found is None:
         raise ValueError(
             f"{name} {span} ({text[start:end][:60]!r}) covers no token of the prompt "
             f"({_preview(text)!r})"
         )
-    return hits[0] + shift, hits[-1] + 1 + shift
+    return found[0] + shift, found[1] + shift
+
+
+class _OffsetIndex:
+    """The tokens with at least one character, searchable by character position.
+
+    Tokenizers give offsets whose starts and ends never decrease; then the tokens sharing a
+    character with a span are a contiguous run found by two binary searches. Otherwise
+    (never seen, but not assumed away) each query scans the tokens.
+    """
+
+    def __init__(self, offsets: Sequence[tuple[int, int]]) -> None:
+        kept = [(i, s, e) for i, (s, e) in enumerate(offsets) if s < e]
+        self.index = [i for i, _, _ in kept]
+        self.starts = [s for _, s, _ in kept]
+        self.ends = [e for _, _, e in kept]
+        self.sorted = all(a <= b for a, b in zip(self.starts, self.starts[1:])) and all(
+            a <= b for a, b in zip(self.ends, self.ends[1:])
+        )
+
+    def covering(self, start: int, end: int) -> tuple[int, int] | None:
+        """``(first, last + 1)`` token indices sharing a character with ``[start, end)``."""
+        if self.sorted:
+            first = bisect.bisect_right(self.ends, start)  # first token ending after start
+            last = bisect.bisect_left(self.starts, end) - 1  # last token starting before end
+            if first > last:
+                return None
+            return self.index[first], self.index[last] + 1
+        hits = [i for i, s, e in zip(self.index, self.starts, self.ends) if s < end and e > start]
+        return (hits[0], hits[-1] + 1) if hits else None
 
 
 def tokenize_prompt(
@@ -432,6 +484,7 @@ def tokenize_prompt(
     *,
     prepend_bos: bool | None = None,
     require_response: bool = False,
+    max_tokens: int | None = None,
 ) -> TokenizedPrompt:
     """Tokenise a labelled prompt as ``model.to_tokens`` would, with exact token spans.
 
@@ -441,6 +494,8 @@ def tokenize_prompt(
         prompt: The labelled prompt.
         prepend_bos: Override ``model.cfg.default_prepend_bos``.
         require_response: Raise when the prompt has no response.
+        max_tokens: Refuse a prompt (with its response) of more tokens, before its spans
+            are mapped (e.g. the model's ``n_ctx``).
     """
     tokenizer = getattr(model, "tokenizer", model)
     if tokenizer is None:
@@ -458,16 +513,34 @@ def tokenize_prompt(
         if tokenizer.bos_token_id is None:
             raise ValueError("prepend_bos is set but the tokenizer has no BOS token")
         ids = [tokenizer.bos_token_id, *ids]
+    response_ids = (
+        list(tokenizer(prompt.response, add_special_tokens=False)["input_ids"])
+        if prompt.response
+        else []
+    )
+    if max_tokens is not None and len(ids) + len(response_ids) > max_tokens:
+        raise ValueError(
+            f"it has {len(ids) + len(response_ids)} tokens, more than the model's context "
+            f"n_ctx={max_tokens}"
+        )
     shift = 1 if prepend_bos else 0
+    index = _OffsetIndex(offsets)
     relevant = (
         char_to_token_span(
-            offsets, prompt.relevant, shift=shift, name="relevant span", text=prompt.text
+            offsets,
+            prompt.relevant,
+            shift=shift,
+            name="relevant span",
+            text=prompt.text,
+            index=index,
         )
         if prompt.relevant is not None
         else None
     )
     distractors = [
-        char_to_token_span(offsets, s, shift=shift, name=f"distractor span {i}", text=prompt.text)
+        char_to_token_span(
+            offsets, s, shift=shift, name=f"distractor span {i}", text=prompt.text, index=index
+        )
         for i, s in enumerate(prompt.distractors)
     ]
     named = ([("relevant", relevant)] if relevant else []) + [
@@ -483,8 +556,7 @@ def tokenize_prompt(
                 "between the documents"
             )
     n_prompt = len(ids)
-    if prompt.response:
-        ids = ids + list(tokenizer(prompt.response, add_special_tokens=False)["input_ids"])
+    ids = ids + response_ids
     return TokenizedPrompt(
         tokens=torch.tensor(ids, dtype=torch.long),
         n_prompt=n_prompt,

@@ -24,7 +24,7 @@ Both give the numbers of the one-pass :func:`focuslens.contextual_scores` (1e-5)
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from typing import Any
 
 import torch
@@ -63,7 +63,7 @@ def _prompt_masses(
 
 def chunked_contextual_scores(
     model: Model,
-    prompts: Sequence[LabeledPrompt],
+    prompts: Iterable[LabeledPrompt],
     *,
     chunk_size: int | None = None,
     max_memory: int | float | str | None = None,

@@ -24,7 +24,7 @@ right, which leaves every real token's attention exactly as in an unbatched pass
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from functools import partial
 
 import torch
@@ -45,7 +45,7 @@ from focuslens.typing import Model, QueryRows
 
 def contextual_scores(
     model: Model,
-    prompts: Sequence[LabeledPrompt | TokenizedPrompt],
+    prompts: Iterable[LabeledPrompt | TokenizedPrompt],
     *,
     query: QueryRows = "response",
     sink: int = 2,

@@ -27,7 +27,7 @@ Memory: like the contextual scores, the reduction happens inside each layer's
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable
 from functools import partial
 from typing import Any
 
@@ -78,7 +78,7 @@ def _count_hits(
 
 def retrieval_scores(
     model: Model,
-    prompts: Sequence[LabeledPrompt],
+    prompts: Iterable[LabeledPrompt],
     *,
     batch_size: int = 8,
     prepend_bos: bool | None = None,

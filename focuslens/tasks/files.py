@@ -146,8 +146,12 @@ def read_prompts(path: str | Path, fmt: str = "auto", *, limit: int | None = Non
     if fmt not in FORMATS:
         raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"prompt file {path} is a folder; give a .jsonl file")
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} does not exist")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive int, got {limit!r}")
     records = read_jsonl(path)
     if fmt == "auto":
         first = next(records, None)

@@ -43,8 +43,14 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
     opener = gzip.open if gzipped else open
     lineno = 0
     try:
-        with opener(path, "rt", encoding="utf-8") as f:
-            for lineno, line in enumerate(f, 1):
+        with opener(path, "rb") as f:  # bytes: each line is decoded alone, so errors name it
+            for lineno, raw_line in enumerate(f, 1):
+                try:
+                    line = raw_line.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise ValueError(
+                        f"{path}, line {lineno}: not UTF-8 text ({exc.reason} at byte {exc.start})"
+                    ) from None
                 if not line.strip():
                     continue
                 try:
@@ -59,7 +65,7 @@ def read_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
                         f"{type(record).__name__}"
                     )
                 yield lineno, record
-    except (OSError, EOFError, UnicodeDecodeError) as exc:
+    except (OSError, EOFError) as exc:
         raise ValueError(f"{path}, line {lineno + 1}: cannot be read ({exc})") from None
 
 

@@ -10,7 +10,7 @@ from _oracles import make_prompts
 from _tiny import demo_model_missing, save_model_folder, tiny_model
 
 from focuslens import ContextualScores, contextual_scores
-from focuslens.app.cli import main
+from focuslens.app.cli import CommandError, main
 from focuslens.app.run import RunFolder
 from focuslens.tasks.files import read_prompts, write_prompts
 
@@ -50,6 +50,11 @@ def test_bad_alpha_is_a_usage_error(capsys, tmp_path):
         main(["steer", "--data", "x.jsonl", "--out", str(tmp_path), "--alpha", "strong"])
     assert exc.value.code == 2
     assert "alpha must be a number or 'auto', got 'strong'" in capsys.readouterr().err
+    for text in ("nan", "inf", "1e400"):  # 1e400 overflows to inf
+        with pytest.raises(SystemExit) as exc:
+            main(["steer", "--data", "x.jsonl", "--out", str(tmp_path), "--alpha", "1", text])
+        assert exc.value.code == 2
+        assert f"alpha must be a finite number, got '{text}'" in capsys.readouterr().err
 
 
 # ---------------------------------------------------------------------- bad inputs
@@ -246,3 +251,114 @@ def test_qa_records_are_read_by_the_helmet_loader(tmp_path):
     path.write_text(json.dumps(record) + "\n")
     (prompt,) = read_prompts(path)
     assert prompt.text[slice(*prompt.relevant)].endswith("w2 w3") and len(prompt.distractors) == 1
+
+
+# ------------------------------------------------------------- failures: one line, no loss
+def _one_line_error(code: int, err: str, *needles: str) -> None:
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("focuslens: error: "), err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+
+
+def test_expected_failures_are_one_line_errors(capsys, tmp_path, files):
+    root, _ = files
+    model, train = str(root / "model"), str(root / "train.jsonl")
+    common = ["--model", model, "--quiet", "--threads", "1"]
+    afile = tmp_path / "a.txt"
+    afile.write_text("x")
+    code, _, err = run(capsys, "scores", *common, "--data", train, "--out", str(afile))
+    _one_line_error(code, err, f"--out {afile} is a file")
+    code, _, err = run(
+        capsys, "data", "synthetic", "--n", "2", "--n-documents", "3", "--out", str(tmp_path)
+    )
+    _one_line_error(code, err, f"--out {tmp_path} is a folder")
+    code, _, err = run(
+        capsys, "scores", *common, "--data", str(tmp_path), "--out", str(tmp_path / "r")
+    )
+    _one_line_error(code, err, f"prompt file {tmp_path} is a folder")
+    if not torch.cuda.is_available():
+        code, _, err = run(
+            capsys,
+            "scores",
+            *common,
+            "--device",
+            "cuda",
+            "--data",
+            train,
+            "--out",
+            str(tmp_path / "r"),
+        )
+        _one_line_error(code, err, "--device cuda: CUDA is not available")
+    bad = tmp_path / "bad.jsonl"
+    good = (root / "train.jsonl").read_bytes().splitlines(keepends=True)
+    bad.write_bytes(good[0] + good[1] + b'{"text": "\xff\xfe"}\n' + good[2])
+    code, _, err = run(capsys, "scores", *common, "--data", str(bad), "--out", str(tmp_path / "r"))
+    _one_line_error(code, err, f"{bad}, line 3: not UTF-8 text")
+    with pytest.raises(SystemExit) as exc:
+        main(["scores", *common, "--data", train, "--out", str(tmp_path / "r"), "--limit", "-3"])
+    assert exc.value.code == 2
+    assert "expected a positive whole number, got '-3'" in capsys.readouterr().err
+    # --debug shows the traceback instead
+    with pytest.raises(CommandError, match="is a folder"):
+        main(["--debug", "scores", *common, "--data", str(tmp_path), "--out", str(tmp_path / "r")])
+
+
+def test_run_folders_cannot_lie(capsys, tmp_path, files):
+    """A rerun on other inputs never leaves later results stale; a bad --k writes nothing;
+    the report never overwrites an input; corrupt run files are named."""
+    root, _ = files
+    out = tmp_path / "run"
+    common = ["--model", str(root / "model"), "--out", str(out), "--quiet", "--threads", "1"]
+    train, test = str(root / "train.jsonl"), str(root / "test.jsonl")
+    assert run(capsys, "scores", *common, "--data", train, "--k", "2")[0] == 0
+    code, _, err = run(
+        capsys, "eval", *common, "--data", test, "--max-new-tokens", "2", "--split-softmax", "0.5"
+    )
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    # Same inputs again: allowed, nothing changes meaning.
+    assert run(capsys, "scores", *common, "--data", train, "--k", "2")[0] == 0
+    # Other data or another k: refused while evals.jsonl holds results of the old heads.
+    for args in (["--data", test, "--k", "2"], ["--data", train, "--k", "3"]):
+        code, _, err = run(capsys, "scores", *common, *args)
+        _one_line_error(
+            code, err, "holds results computed from other contextual scores", "evals.jsonl"
+        )
+    code, _, err = run(capsys, "scores", *common, "--data", train, "--k", "100")
+    _one_line_error(code, err, "k must be an int between 1 and 8")
+    after = {p.name: p.read_bytes() for p in out.iterdir()}
+    assert after["heads.json"] == before["heads.json"]
+    assert after["scores.safetensors"] == before["scores.safetensors"]
+    assert after["evals.jsonl"] == before["evals.jsonl"]
+    assert not [name for name in after if name.endswith(".tmp") or name.startswith(".")]
+    # The report refuses to write onto an input.
+    code, _, err = run(capsys, "report", str(out), "--out", str(out / "heads.json"))
+    _one_line_error(code, err, "is one of the run's own files")
+    assert (out / "heads.json").read_bytes() == before["heads.json"]
+    # heads.json edited behind the run's back: the report refuses to mix the results.
+    (out / "heads.json").write_text(json.dumps(json.loads(before["heads.json"])[::-1]))
+    code, _, err = run(capsys, "report", str(out))
+    _one_line_error(code, err, "stage(s) evals were computed with other top heads")
+    (out / "heads.json").write_bytes(before["heads.json"])
+    # Corrupt run files: the error names the file.
+    (out / "settings.json").write_text("{not json")
+    code, _, err = run(capsys, "report", str(out))
+    _one_line_error(code, err, f"{out / 'settings.json'} is not valid JSON")
+    (out / "settings.json").write_bytes(before["settings.json"])
+    (out / "evals.jsonl").write_text('{"condition": "baseline", \n')
+    code, _, err = run(capsys, "report", str(out))
+    _one_line_error(code, err, f"{out / 'evals.jsonl'} is not valid JSON Lines")
+
+
+def test_split_softmax_zero_is_a_one_line_error(capsys, tmp_path, files):
+    root, _ = files
+    out = tmp_path / "run"
+    common = ["--model", str(root / "model"), "--out", str(out), "--quiet", "--threads", "1"]
+    assert run(capsys, "scores", *common, "--data", str(root / "train.jsonl"))[0] == 0
+    code, _, err = run(
+        capsys, "eval", *common, "--data", str(root / "test.jsonl"), "--split-softmax", "0",
+        "--max-new-tokens", "2",
+    )  # fmt: skip
+    _one_line_error(code, err, "tau must be a positive finite number, got 0")

@@ -403,3 +403,77 @@ def test_release_import_for_qwen_shape():
     fd = FocusDirections.from_release(QWEN, model)
     assert fd.d_q.shape == (28, 28, 128) and len(fd.heads) > 20
     assert fd.top_heads(20) == fd.top_heads(20).validate(model)
+
+
+def test_non_finite_directions_are_refused_everywhere(tmp_path):
+    """NaN or infinity in d_q would zero the steered heads' attention: never accepted, from
+    the constructor, a corrupted file, or a release file."""
+    model = tiny_model("rotary")
+    fd = _directions(model)
+    bad = fd.d_q.clone()
+    bad[1, 2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"d_q holds 1 NaN or infinite value\(s\)"):
+        FocusDirections(bad, fd.d_k, fd.shape)
+    with pytest.raises(ValueError, match="d_k holds"):
+        FocusDirections(fd.d_q, torch.full_like(fd.d_k, float("inf")), fd.shape)
+    # A file whose tensor bytes were overwritten with NaN: the error names the file.
+    path = tmp_path / "fd.safetensors"
+    fd.save(path)
+    raw = bytearray(path.read_bytes())
+    nan = torch.tensor([float("nan")], dtype=torch.float32).numpy().tobytes()
+    raw[-4:] = nan  # the last float of the last tensor
+    path.write_bytes(bytes(raw))
+    with pytest.raises(
+        ValueError, match=rf"{path}: not valid focus directions: d_[qk] holds 1 NaN"
+    ):
+        FocusDirections.load(path)
+    # Hand-edited metadata: named file, no JSONDecodeError / TypeError from deep inside.
+    from safetensors.torch import load_file, save_file
+
+    fd.save(path)
+    tensors = load_file(str(path))
+    for header, match in (
+        ("{not json", "is not valid JSON"),
+        ('{"format": "focuslens.FocusDirections/1", "shape": {"n_layers": 2}}', "not valid focus"),
+        ('{"format": "focuslens.FocusDirections/1"}', "no 'shape'"),
+        ("[1, 2]", "has format 'list'"),
+    ):
+        save_file(tensors, str(path), metadata={"focuslens": header})
+        with pytest.raises(ValueError, match=rf"{path}.*{match}"):
+            FocusDirections.load(path)
+    # A release .pth full of NaN: the error names that file.
+    folder = tmp_path / "release"
+    folder.mkdir()
+    shape = fd.shape
+    for kind in "qk":
+        for layer in range(shape.n_layers):
+            value = torch.zeros(shape.n_heads, shape.d_head)
+            if kind == "q" and layer == 1:
+                value[:] = float("nan")
+            torch.save(value, folder / f"head_{kind}_directions_{layer}.pth")
+    with pytest.raises(ValueError, match=r"head_q_directions_1.pth holds \d+ NaN"):
+        FocusDirections.from_release(folder, model)
+
+
+def test_hook_point_in_metadata_must_fit_the_model():
+    model = tiny_model("rotary")
+    fd = _directions(model)
+    assert fd.hook_point == "hook_rot_q/hook_rot_k"
+    with pytest.raises(ValueError, match="hook_point 'hook_q/hook_k' does not fit a model of"):
+        FocusDirections(fd.d_q, fd.d_k, fd.shape, hook_point="hook_q/hook_k")
+
+
+def test_learning_from_given_responses_without_a_document_layout():
+    """Prompts read from a "labeled" file have spans but no gold-only variant: learning
+    works, the auto target is skipped with a note, and alpha='auto' says what is missing."""
+    model = tiny_model("rotary")
+    prompts = [
+        LabeledPrompt(p.text, p.relevant, p.distractors, p.answers, response=p.response)
+        for p in make_prompts(3)
+    ]
+    assert not any(p.has_variants for p in prompts)
+    fd = learn_focus_directions(model, prompts, response="given", epochs=1, heads=[(1, 2)])
+    assert fd.training["auto"] is None and "no target for alpha='auto'" in fd.training["auto_note"]
+    with pytest.raises(ValueError, match="alpha='auto' needs a target"):
+        with fd.steer(model, [(1, 2)], "auto", prompt_tokens=[torch.tensor([1, 2, 3])]):
+            pass

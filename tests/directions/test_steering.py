@@ -363,3 +363,37 @@ def test_clear_errors():
             pass
     assert isinstance(fd.steering(HEADS, 0.2), Steering)
     _no_hooks_left(model)
+
+
+@pytest.mark.parametrize("alpha", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_alpha_is_refused(alpha):
+    """alpha=nan would zero the steered heads' attention and every answer would be NONE."""
+    model = tiny_model("rotary")
+    fd = random_directions(model)
+    with pytest.raises(ValueError, match="alpha must be a finite number"):
+        with steer(fd, model, HEADS, alpha):
+            pass
+    with pytest.raises(ValueError, match="alpha must be a finite number"):
+        fd.steering(HEADS, alpha)
+    with pytest.raises(ValueError, match=r"alpha must be a finite number \(in float32\)"):
+        fd.steering(HEADS, 1e300)  # finite in Python, infinite in the activations
+    with pytest.raises(ValueError, match="alpha must be finite"):
+        with steer(fd, model, HEADS, torch.tensor([1.0, alpha])):
+            pass
+    assert all(not point.fwd_hooks for point in model.hook_dict.values())
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_half_precision_directions_steer_a_float32_model(dtype):
+    """Directions stored in bf16/fp16 are cast to the activation's dtype in the hooks."""
+    model = tiny_model("gqa")
+    tokens = sample_tokens(model)
+    fd = random_directions(model)
+    half = fd.to(dtype=dtype)
+    with torch.no_grad():
+        with steer(fd.to(dtype=dtype).to(dtype=torch.float32), model, HEADS, 0.7):
+            expected = model(tokens)
+        with steer(half, model, HEADS, 0.7):
+            got = model(tokens)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)

@@ -362,8 +362,8 @@ def test_evaluate_errors_and_edge_cases(model, capsys):
         evaluate(model, ["text"], progress=False)
     with pytest.raises(TypeError, match="no apply|Intervention"):
         evaluate(model, prompts, intervention=object(), progress=False)
-    empty = evaluate(model, [], progress=False)
-    assert empty.n == 0 and empty.to_dataframe().empty
+    with pytest.raises(ValueError, match="no prompts given"):  # accuracy of nothing: refused
+        evaluate(model, [], progress=False)
     capsys.readouterr()
     evaluate(model, prompts[:1], progress=False)
     assert "evaluate" not in capsys.readouterr().err
@@ -455,3 +455,10 @@ def test_answer_tokens_leave_out_the_stop():
     assert answer_tokens(cut, tok).tolist() == ids[:1]
     empty = Generation(tokens=torch.tensor([eos]), text="", stop_reason="eos")
     assert answer_tokens(empty, tok).numel() == 0
+
+
+def test_empty_prompts_are_refused_like_everywhere_else(model):
+    with pytest.raises(ValueError, match="no prompts given"):
+        evaluate(model, [], progress=False)
+    with pytest.raises(ValueError, match="no prompts given"):
+        evaluate(model, iter([]), progress=False)

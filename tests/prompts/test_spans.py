@@ -200,3 +200,44 @@ def test_span_mapping_property_arbitrary_spans(text, data):
             char_to_token_span(enc["offset_mapping"], (start, end), text=text)
         return
     _check_mapping(tok, text, (start, end))
+
+
+@pytest.mark.bad_input
+def test_spans_answers_and_response_are_checked_at_construction():
+    for relevant in [(False, True), 5, "0 3", (0.0, 3.0), (0, 1, 2)]:
+        with pytest.raises(ValueError, match="relevant span .* must be two ints"):
+            LabeledPrompt("abc def", relevant, [], ["x"])
+    with pytest.raises(ValueError, match="distractor span .* must be two ints"):
+        LabeledPrompt("abc def", (0, 3), [(True, 2)], ["x"])
+    for answers in [None, [1], [None]]:
+        with pytest.raises(ValueError, match="answers must be a list of strings"):
+            LabeledPrompt("abc def", (0, 3), [], answers)
+    with pytest.raises(ValueError, match="response must be a str or None"):
+        LabeledPrompt("abc def", (0, 3), [], ["x"], response=3)
+    p = LabeledPrompt("abc def", [0, 3], [[4, 7]], ("x",))
+    assert p.relevant == (0, 3) and p.distractors == [(4, 7)] and p.answers == ["x"]
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(0, 40), st.integers(0, 6)), min_size=1, max_size=30),
+    st.integers(0, 45),
+    st.integers(1, 10),
+    st.booleans(),
+)
+def test_offset_index_equals_the_linear_scan(raw, start, width, monotone):
+    """The binary-search span mapping finds exactly the tokens the definition names."""
+    from focuslens.prompts.spans import _OffsetIndex
+
+    if monotone:  # what tokenizers give: starts and ends never decrease
+        pos, offsets = 0, []
+        for gap, size in raw:
+            pos += gap % 3
+            offsets.append((pos, pos + size))
+            pos += size
+    else:
+        offsets = [(s, s + w) for s, w in raw]
+    end = start + width
+    hits = [i for i, (s, e) in enumerate(offsets) if s < e and s < end and e > start]
+    expected = (hits[0], hits[-1] + 1) if hits else None
+    assert _OffsetIndex(offsets).covering(start, end) == expected

@@ -89,6 +89,12 @@ def test_missing_relevant_is_refused_or_nan():
     scores = contextual_scores(model, [prompts[1], absent], require_relevant=False)
     assert torch.isnan(scores.per_example["relevant"][1]).all()
     torch.testing.assert_close(scores.relevant, scores.per_example["relevant"][0])
+    # Only absent-key prompts: an all-NaN relevant table is never ranked.
+    only_absent = contextual_scores(model, [absent], require_relevant=False)
+    assert torch.isnan(only_absent.relevant).all()
+    with pytest.raises(ValueError, match="only 0 heads have a score"):
+        only_absent.top_heads(2)
+    assert only_absent.top_heads(2, by="sink")  # the other kinds still rank
 
 
 @pytest.mark.bad_input
