@@ -163,3 +163,13 @@ def test_headset_from_ranked_lists_round_trip():
     hs = HeadSet(reversed(pairs))
     assert list(hs) == pairs and hash(hs) == hash(HeadSet(pairs))
     assert HeadSet.from_json(hs.to_json()) == hs and str(HeadSet([(13, 23)])) == "L13H23"
+
+
+@pytest.mark.bad_input
+def test_heads_are_real_non_negative_ints():
+    import numpy as np
+
+    assert HeadSet([(torch.tensor(1), np.int64(2))]) == HeadSet([(1, 2)])
+    for bad in [(True, 1), (0, False), (1.0, 2), (1, 2.5), (-1, 0), (0, torch.tensor(1.0))]:
+        with pytest.raises(ValueError, match="must be non-negative ints"):
+            HeadSet([bad])

@@ -155,6 +155,7 @@ def cmd_learn(args: argparse.Namespace) -> None:
             lr=args.lr,
             method=args.method,
             seed=args.seed,
+            response=args.response,
             progress=not args.quiet,
         )
     except ValueError as exc:
@@ -435,6 +436,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--method", default="learned", choices=["learned", "closed_form"])
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--response",
+        default="auto",
+        choices=["auto", "gold_only", "given"],
+        help="teacher-forced responses: the gold-only prompts' greedy answers (the "
+        "authors' recipe), the prompts' own, or auto: gold_only when the prompts were "
+        "built from documents, else given",
+    )
     p.set_defaults(func=cmd_learn)
 
     for name, helptext in (

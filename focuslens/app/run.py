@@ -327,16 +327,25 @@ def stage_learn(
     method: str = "learned",
     seed: int = 0,
     batch_size: int = 1,
+    response: str = "auto",
     progress: bool = True,
 ) -> Any:
-    """Learn focus directions for the layers of ``heads`` (default: ``heads.json``)."""
+    """Learn focus directions for the layers of ``heads`` (default: ``heads.json``).
+
+    ``response``: ``"gold_only"`` (the authors' recipe: answer each gold-only variant),
+    ``"given"`` (each prompt's own response), or ``"auto"``: ``"gold_only"`` when every
+    prompt was built from documents, else ``"given"`` (e.g. a "labeled" prompt file).
+    """
     from focuslens.directions.learn import learn_focus_directions
 
     heads = list(heads) if heads is not None else run.heads()
     prompts = [p for p in prompts if p.relevant is not None]
+    if response == "auto":
+        response = "gold_only" if all(p.has_variants for p in prompts) else "given"
     directions = learn_focus_directions(
         model,
         prompts,
+        response=response,
         heads=heads,
         epochs=epochs,
         lr=lr,
@@ -357,6 +366,7 @@ def stage_learn(
             "lr": lr,
             "method": method,
             "seed": seed,
+            "response": response,
             "heads": [list(h) for h in heads],
             "heads_digest": run.heads_digest(),
         },

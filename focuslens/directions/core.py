@@ -166,7 +166,10 @@ class FocusDirections:
                     f"{name} holds {bad} NaN or infinite value(s) of {tensor.numel()}; steering "
                     "with them would zero the steered heads' attention (a corrupted file?)"
                 )
-        self.heads = [(int(layer), int(head)) for layer, head in self.heads]
+        for name in ("training", "meta"):
+            if not isinstance(getattr(self, name), dict):
+                raise ValueError(f"{name} must be a dict, got {type(getattr(self, name)).__name__}")
+        self.heads = [next(iter(HeadSet([h]))) for h in self.heads]  # ranked order kept
         HeadSet(self.heads)  # validates the pairs
         for layer, head in self.heads:
             if not (0 <= layer < self.shape.n_layers and 0 <= head < self.shape.n_heads):

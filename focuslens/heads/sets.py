@@ -8,12 +8,27 @@ A :class:`HeadSet` is a sorted, hashable set of ``(layer, head)`` pairs, printed
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Iterable
 from pathlib import Path
 
 import torch
 
 from focuslens.typing import Model
+
+
+def _index(value: object, item: object) -> int:
+    """A head's layer or index: a non-negative int (numpy and 0-d torch integers too; not a
+    bool, not a float)."""
+    try:
+        if isinstance(value, bool):
+            raise TypeError
+        out = operator.index(value)  # type: ignore[arg-type]
+    except TypeError:
+        out = -1
+    if out < 0:
+        raise ValueError(f"a head's layer and index must be non-negative ints, got {item!r}")
+    return out
 
 
 class HeadSet:
@@ -38,11 +53,11 @@ class HeadSet:
                 item = _parse(item)
             try:
                 layer, head = item
-                pairs.add((int(layer), int(head)))
             except (TypeError, ValueError):
                 raise ValueError(
                     f"a head must be a (layer, head) pair or 'L<l>H<h>', got {item!r}"
                 ) from None
+            pairs.add((_index(layer, item), _index(head, item)))
         self._heads: tuple[tuple[int, int], ...] = tuple(sorted(pairs))
 
     def __iter__(self):

@@ -362,3 +362,31 @@ def test_split_softmax_zero_is_a_one_line_error(capsys, tmp_path, files):
         "--max-new-tokens", "2",
     )  # fmt: skip
     _one_line_error(code, err, "tau must be a positive finite number, got 0")
+
+
+def test_learn_from_a_labeled_file_end_to_end(capsys, tmp_path, files):
+    """Prompts with spans but no document layout: learning uses their own responses, records
+    no auto target (with a note), and `steer --alpha auto` says what is missing."""
+    from focuslens import LabeledPrompt
+    from focuslens.directions import FocusDirections
+
+    root, _ = files
+    labeled = [
+        LabeledPrompt(p.text, p.relevant, p.distractors, p.answers, response=p.response)
+        for p in make_prompts(3)
+    ]
+    data = tmp_path / "labeled.jsonl"
+    write_prompts(labeled, data)
+    assert json.loads(data.read_text().splitlines()[0]).keys() >= {"text", "relevant"}
+    out = tmp_path / "run"
+    common = ["--model", str(root / "model"), "--out", str(out), "--quiet", "--threads", "1"]
+    assert run(capsys, "scores", *common, "--data", str(data))[0] == 0
+    code, _, err = run(capsys, "learn", *common, "--data", str(data), "--epochs", "1")
+    assert code == 0, err
+    fd = FocusDirections.load(out / "directions.safetensors")
+    assert fd.training["auto"] is None and "no target for alpha='auto'" in fd.training["auto_note"]
+    assert RunFolder(out).settings()["learn"]["response"] == "given"
+    code, _, err = run(
+        capsys, "steer", *common, "--data", str(data), "--alpha", "auto", "--max-new-tokens", "2"
+    )
+    _one_line_error(code, err, "alpha='auto' needs a target")
