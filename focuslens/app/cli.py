@@ -34,7 +34,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from focuslens.app.run import RUN_FILES, RunFolder
 from focuslens.typing import Model
@@ -375,8 +375,15 @@ def _heads_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--k", type=int, default=None, help="use the first k heads of the list")
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors as one line on stderr (exit status 2), pointing to the help."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="focuslens", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")

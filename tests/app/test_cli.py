@@ -49,7 +49,9 @@ def test_bad_alpha_is_a_usage_error(capsys, tmp_path):
     with pytest.raises(SystemExit) as exc:
         main(["steer", "--data", "x.jsonl", "--out", str(tmp_path), "--alpha", "strong"])
     assert exc.value.code == 2
-    assert "alpha must be a number or 'auto', got 'strong'" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "alpha must be a number or 'auto', got 'strong'" in err
+    assert len(err.strip().splitlines()) == 1 and "see `focuslens steer --help`" in err
     for text in ("nan", "inf", "1e400"):  # 1e400 overflows to inf
         with pytest.raises(SystemExit) as exc:
             main(["steer", "--data", "x.jsonl", "--out", str(tmp_path), "--alpha", "1", text])
