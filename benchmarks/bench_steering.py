@@ -116,7 +116,7 @@ def random_directions(model: Any) -> FocusDirections:
 
 # ---------------------------------------------------------------------------- generation
 def bench_generation(args: argparse.Namespace, large: bool = False) -> None:
-    from focuslens.prompts.spans import tokenize_prompt
+    from focuslens.prompts.tokens import tokenize_prompt
 
     model, name = gpt2_small_shaped() if large else demo_or_tiny()
     prompt = prompts_for(model, name, 1, args.docs)[0]

@@ -86,7 +86,8 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from focuslens.model.loading import check_backend, load_model
     from focuslens.model.prefill import chunked_forward
     from focuslens.plots.report import Report
-    from focuslens.prompts.spans import LabeledPrompt, TokenizedPrompt, tokenize_prompt
+    from focuslens.prompts.spans import LabeledPrompt
+    from focuslens.prompts.tokens import TokenizedPrompt, tokenize_prompt
     from focuslens.scores.attention import AttentionMap, attention_map_data
     from focuslens.scores.chunked import chunked_contextual_scores
     from focuslens.scores.contextual import contextual_scores

@@ -21,7 +21,7 @@ INTRO = """\
 
 The `focuslens` command runs the paper's experiment as stages that read and write one
 *run folder*, and assembles the results into one self-contained HTML report. Each stage
-is a thin layer over a function of `focuslens.app.run`, so what the command does, a
+is a thin layer over a function of `focuslens.app.stages`, so what the command does, a
 notebook can do step by step (see the [tutorials](notebooks.md)).
 
 ```bash

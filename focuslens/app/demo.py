@@ -25,10 +25,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from focuslens.app.run import (
-    RUN_FILES,
-    Condition,
-    RunFolder,
+from focuslens.app.run import RUN_FILES, Condition, RunFolder
+from focuslens.app.stages import (
     load_any_model,
     stage_effects,
     stage_eval,

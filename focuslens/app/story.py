@@ -1,6 +1,6 @@
 """The report of a run folder: the paper's story in figures, texts and tables.
 
-:func:`build_report` reads what the stages of :mod:`focuslens.app.run` wrote and
+:func:`build_report` reads what the stages of :mod:`focuslens.app.stages` wrote and
 assembles a :class:`~focuslens.Report` with one section per question, each present
 only when its files are:
 
@@ -213,7 +213,7 @@ def _heads_section(report: Report, run: RunFolder) -> None:
 def _effects_section(report: Report, run: RunFolder) -> None:
     if not run.has("effects"):
         return
-    from focuslens.app.run import read_effects
+    from focuslens.app.stages import read_effects
     from focuslens.heads import rank_correlation
 
     tables = read_effects(run)

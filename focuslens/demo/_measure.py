@@ -12,7 +12,8 @@ from collections.abc import Sequence
 
 import torch
 
-from focuslens.prompts.spans import LabeledPrompt, tokenize_prompt
+from focuslens.prompts.spans import LabeledPrompt
+from focuslens.prompts.tokens import tokenize_prompt
 
 
 def _normalise(text: str) -> str:

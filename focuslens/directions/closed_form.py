@@ -25,7 +25,7 @@ from focuslens.model.hooks import (
     query_hook_name,
 )
 from focuslens.prompts.batch import batches, pad_token_id
-from focuslens.prompts.spans import TokenizedPrompt
+from focuslens.prompts.tokens import TokenizedPrompt
 from focuslens.typing import Model, QueryRows
 
 

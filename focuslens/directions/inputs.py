@@ -19,7 +19,8 @@ from focuslens.model.hooks import (
 )
 from focuslens.model.responses import with_responses
 from focuslens.prompts.batch import PromptBatch
-from focuslens.prompts.spans import LabeledPrompt, TokenizedPrompt
+from focuslens.prompts.spans import LabeledPrompt
+from focuslens.prompts.tokens import TokenizedPrompt
 from focuslens.typing import Model, QueryRows
 
 LEARNING_RESPONSES = ("gold_only", "given")

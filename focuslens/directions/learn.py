@@ -61,7 +61,8 @@ from focuslens.model.hooks import (
     n_kv_heads,
     query_hook_name,
 )
-from focuslens.prompts.spans import LabeledPrompt, TokenizedPrompt
+from focuslens.prompts.spans import LabeledPrompt
+from focuslens.prompts.tokens import TokenizedPrompt
 from focuslens.scores.contextual import contextual_scores
 from focuslens.scores.reduce import prepare, span_mass
 from focuslens.typing import Model, QueryRows

@@ -265,7 +265,7 @@ def record_auto_target(
         sink: Leading positions treated as the sink.
         window: Keys counted by ``"focus"``; default the median relevant-span length.
     """
-    from focuslens.prompts.spans import tokenize_prompt
+    from focuslens.prompts.tokens import tokenize_prompt
     from focuslens.scores.contextual import contextual_scores
 
     if statistic not in STATISTICS:

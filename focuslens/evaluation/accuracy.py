@@ -47,7 +47,8 @@ from focuslens.heads import HeadSet
 from focuslens.interventions.base import Intervention, applied
 from focuslens.model.generation import Generation, answer_tokens, generate_greedy
 from focuslens.model.responses import answer_settings
-from focuslens.prompts.spans import LabeledPrompt, TokenizedPrompt, tokenize_prompt
+from focuslens.prompts.spans import LabeledPrompt
+from focuslens.prompts.tokens import TokenizedPrompt, tokenize_prompt
 from focuslens.scores.contextual import contextual_scores
 from focuslens.typing import Model
 

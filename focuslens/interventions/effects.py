@@ -50,7 +50,8 @@ from focuslens.interventions.oracles import HeadAblation, head_means
 from focuslens.model import hooks as hooking
 from focuslens.model.hooks import attn_hook
 from focuslens.prompts.batch import PromptBatch, batches, pad_token_id
-from focuslens.prompts.spans import LabeledPrompt, TokenizedPrompt, tokenize_prompt
+from focuslens.prompts.spans import LabeledPrompt
+from focuslens.prompts.tokens import TokenizedPrompt, tokenize_prompt
 from focuslens.typing import Model
 
 

@@ -52,7 +52,7 @@ from focuslens.heads import HeadSet
 from focuslens.model import hooks as hooking
 from focuslens.model.hooks import attn_hook
 from focuslens.prompts.batch import PromptBatch, batches, pad_token_id, tokenized_prompts
-from focuslens.prompts.spans import TokenizedPrompt
+from focuslens.prompts.tokens import TokenizedPrompt
 from focuslens.typing import AttnScores, Model, Pattern
 
 PromptsLike = Any

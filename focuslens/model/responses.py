@@ -23,7 +23,8 @@ from collections.abc import Iterable, Sequence
 from typing import Literal
 
 from focuslens.model.generation import Generation, generate_greedy
-from focuslens.prompts.spans import LabeledPrompt, tokenize_prompt
+from focuslens.prompts.spans import LabeledPrompt
+from focuslens.prompts.tokens import tokenize_prompt
 from focuslens.typing import Model
 
 DEFAULT_MAX_NEW_TOKENS = 100

@@ -11,11 +11,9 @@ from focuslens.prompts.spans import (
     DEFAULT_DOC_PREFIX,
     DEFAULT_INSTRUCTION,
     LabeledPrompt,
-    TokenizedPrompt,
     assemble,
-    char_to_token_span,
-    tokenize_prompt,
 )
+from focuslens.prompts.tokens import TokenizedPrompt, char_to_token_span, tokenize_prompt
 
 __all__ = [
     "PromptBatch",

@@ -25,7 +25,8 @@ import torch
 from jaxtyping import Bool, Int
 from torch import Tensor
 
-from focuslens.prompts.spans import LabeledPrompt, TokenizedPrompt, tokenize_prompt
+from focuslens.prompts.spans import LabeledPrompt
+from focuslens.prompts.tokens import TokenizedPrompt, tokenize_prompt
 from focuslens.typing import Model, QueryRows
 
 QUERIES = ("response", "predict", "last")

@@ -34,7 +34,8 @@ from focuslens.model.hooks import hooks
 from focuslens.model.memory import check_chunk_size, parse_memory, resolve_chunk_size
 from focuslens.model.prefill import ScoresFrom, check_chunkable, new_cache, run_chunks
 from focuslens.prompts.batch import query_rows
-from focuslens.prompts.spans import LabeledPrompt, TokenizedPrompt
+from focuslens.prompts.spans import LabeledPrompt
+from focuslens.prompts.tokens import TokenizedPrompt
 from focuslens.scores.reduce import FIRST_DISTRACTOR, prepare, reduce_masses
 from focuslens.scores.result import ContextualScores
 from focuslens.scores.spanmass import COLLECTORS, resolve_scores_from, span_labels

@@ -31,7 +31,8 @@ import torch
 
 from focuslens.model.hooks import attn_hook, hooks
 from focuslens.prompts.batch import batches, pad_token_id
-from focuslens.prompts.spans import LabeledPrompt, TokenizedPrompt
+from focuslens.prompts.spans import LabeledPrompt
+from focuslens.prompts.tokens import TokenizedPrompt
 from focuslens.scores.reduce import (
     FIRST_DISTRACTOR,
     prepare,
@@ -61,7 +62,7 @@ def contextual_scores(
     Args:
         model: A ``HookedTransformer`` (or a ``TransformerBridge`` in compatibility mode).
         prompts: Labelled prompts; with ``query="response"`` or ``"predict"`` each needs a
-            ``response``. A :class:`~focuslens.prompts.spans.TokenizedPrompt` is scored on its
+            ``response``. A :class:`~focuslens.prompts.tokens.TokenizedPrompt` is scored on its
             own token ids (e.g. a prompt followed by the exact tokens a model generated,
             which re-tokenising the decoded text need not reproduce).
         query: Which query rows to average over (see the module docstring).

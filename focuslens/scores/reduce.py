@@ -12,7 +12,7 @@ from typing import Any
 import torch
 
 from focuslens.prompts.batch import PromptBatch, check_query, tokenized_prompts
-from focuslens.prompts.spans import TokenizedPrompt
+from focuslens.prompts.tokens import TokenizedPrompt
 from focuslens.typing import Model, QueryRows
 
 # Rows of the span-mask tensor built per example: fixed kinds first, then distractors.

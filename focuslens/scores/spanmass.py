@@ -34,7 +34,7 @@ from focuslens.model.hooks import (
     query_hook_name,
     rotary,
 )
-from focuslens.prompts.spans import TokenizedPrompt
+from focuslens.prompts.tokens import TokenizedPrompt
 from focuslens.scores.reduce import FIRST_DISTRACTOR, OTHER, REL, SINK
 from focuslens.typing import Model
 

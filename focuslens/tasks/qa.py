@@ -41,8 +41,8 @@ from focuslens.prompts.spans import (
     DEFAULT_DOC_PREFIX,
     DEFAULT_INSTRUCTION,
     LabeledPrompt,
-    tokenize_prompt,
 )
+from focuslens.prompts.tokens import tokenize_prompt
 
 Document = tuple[str, str] | dict[str, Any] | str
 """A document: ``(title, text)``, ``{"title": ..., "text": ...}`` or plain text."""

@@ -21,7 +21,8 @@ import pytest
 from _oracles import make_prompts
 from _tiny import demo_model_missing, tiny_model
 
-from focuslens.app.run import Condition, RunFolder, stage_eval, stage_scores
+from focuslens.app.run import Condition, RunFolder
+from focuslens.app.stages import stage_eval, stage_scores
 from focuslens.app.story import build_report
 from focuslens.plots.report import Report, table_html
 

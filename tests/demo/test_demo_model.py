@@ -12,7 +12,7 @@ import torch
 import focuslens
 from focuslens.demo import DEMO_DIR, DISTRACTING_DOCS, load_demo_model
 from focuslens.demo import card as card_mod
-from focuslens.prompts.spans import tokenize_prompt
+from focuslens.prompts.tokens import tokenize_prompt
 from focuslens.tasks import synthetic as syn
 from focuslens.tasks import synthetic_retrieval
 

@@ -18,7 +18,7 @@ from focuslens.directions.inputs import cache_attention_inputs
 from focuslens.directions.learn import layer_mass, learn_focus_directions
 from focuslens.model.generation import generate_greedy
 from focuslens.model.responses import with_responses
-from focuslens.prompts.spans import tokenize_prompt
+from focuslens.prompts.tokens import tokenize_prompt
 from focuslens.scores.reduce import prepare
 
 RELEASE = Path("/work/shared/reference/focus_direction_release")

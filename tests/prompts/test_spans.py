@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from focuslens import LabeledPrompt, tokenize_prompt
-from focuslens.prompts.spans import char_to_token_span
+from focuslens.prompts.tokens import char_to_token_span
 
 INSTR = "w100 w101 w102"
 
@@ -227,7 +227,7 @@ def test_spans_answers_and_response_are_checked_at_construction():
 )
 def test_offset_index_equals_the_linear_scan(raw, start, width, monotone):
     """The binary-search span mapping finds exactly the tokens the definition names."""
-    from focuslens.prompts.spans import _OffsetIndex
+    from focuslens.prompts.tokens import _OffsetIndex
 
     if monotone:  # what tokenizers give: starts and ends never decrease
         pos, offsets = 0, []

@@ -6,7 +6,7 @@ import random
 
 import pytest
 
-from focuslens.prompts.spans import tokenize_prompt
+from focuslens.prompts.tokens import tokenize_prompt
 from focuslens.tasks import synthetic as syn
 from focuslens.tasks import synthetic_retrieval
 
