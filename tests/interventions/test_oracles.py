@@ -271,7 +271,8 @@ def test_hooks_removed_after_exit_and_exception(intervention):
 
 
 def test_evaluate_accepts_the_interventions():
-    evaluate = pytest.importorskip("focuslens.evaluate").evaluate
+    from focuslens.evaluation import evaluate
+
     model = tiny_model("rotary")
     prompts = labeled_prompts(2)
     for intervention in (SplitSoftmax([(1, 0)], 0.1), Pasta([(1, 0)], 0.1)):

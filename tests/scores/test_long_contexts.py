@@ -242,8 +242,8 @@ def test_scores_under_interventions_pick_the_right_route():
 
 @pytest.mark.slow
 def test_focuslens_steering_and_oracles_through_chunked_prefill():
-    steering = pytest.importorskip("focuslens.directions.steering")
-    interventions = pytest.importorskip("focuslens.interventions")
+    import focuslens.directions.steering as steering
+    import focuslens.interventions as interventions
     from focuslens.directions import FocusDirections, ModelShape
 
     model = tiny_model("gqa")
@@ -391,7 +391,6 @@ def test_the_estimate_bounds_the_recorded_benchmark_and_the_docs_quote_it():
 # ------------------------------------------------------------------ prompts of a length
 @pytest.mark.parametrize("n_tokens", [10, 100, 1001])
 def test_synthetic_prompts_of_a_requested_length(n_tokens):
-    pytest.importorskip("focuslens.tasks.synthetic")
     from focuslens.tasks.lengths import synthetic_retrieval_of_length
 
     prompts = synthetic_retrieval_of_length(3, n_tokens=n_tokens, seed=1, gold_position="last")
@@ -404,7 +403,6 @@ def test_synthetic_prompts_of_a_requested_length(n_tokens):
 
 
 def test_synthetic_lengths_out_of_reach_are_refused():
-    pytest.importorskip("focuslens.tasks.synthetic")
     from focuslens.tasks.lengths import synthetic_retrieval_of_length
 
     with pytest.raises(ValueError, match="n_tokens=5 is too short"):
