@@ -48,7 +48,7 @@ from torch import Tensor
 from focuslens.heads import HeadScores, HeadSet
 from focuslens.interventions.oracles import HeadAblation, head_means
 from focuslens.model import hooks as hooking
-from focuslens.model.hooks import attn_hook
+from focuslens.model.hooks import layer_hooks
 from focuslens.prompts.batch import PromptBatch, batches, pad_token_id
 from focuslens.prompts.spans import LabeledPrompt
 from focuslens.prompts.tokens import TokenizedPrompt, tokenize_prompt
@@ -306,10 +306,7 @@ def attribution_patching(
     for _, batch in _batches(model, tps, batch_size):
         zs: dict[int, Tensor] = {}
         deltas: dict[int, Tensor] = {}
-        fwd = [
-            (attn_hook(l, "hook_z"), partial(_record_z, layer=l, zs=zs, deltas=deltas))
-            for l in range(n_layers)
-        ]
+        fwd = layer_hooks(range(n_layers), "hook_z", partial(_record_z, zs=zs, deltas=deltas))
         with torch.enable_grad(), hooking.hooks(model, fwd):
             logp = _logprob(model, batch)
             grads = torch.autograd.grad(logp.sum(), [deltas[l] for l in range(n_layers)])

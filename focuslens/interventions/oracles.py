@@ -50,7 +50,7 @@ from torch import Tensor
 
 from focuslens.heads import HeadSet
 from focuslens.model import hooks as hooking
-from focuslens.model.hooks import attn_hook
+from focuslens.model.hooks import attn_hook, layer_hooks
 from focuslens.prompts.batch import PromptBatch, batches, pad_token_id, tokenized_prompts
 from focuslens.prompts.tokens import TokenizedPrompt
 from focuslens.typing import AttnScores, Model, Pattern
@@ -345,7 +345,7 @@ def head_means(
 
     for _, batch in batches(tps, batch_size, pad_token_id(model)):
         real = batch.real.float()
-        fwd = [(attn_hook(l, "hook_z"), partial(add, layer=l, real=real)) for l in range(n_layers)]
+        fwd = layer_hooks(range(n_layers), "hook_z", partial(add, real=real))
         with torch.no_grad(), hooking.hooks(model, fwd):
             model(batch.tokens.to(device), return_type=None)
         count += int(real.sum())

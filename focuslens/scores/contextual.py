@@ -29,7 +29,7 @@ from functools import partial
 
 import torch
 
-from focuslens.model.hooks import attn_hook, hooks
+from focuslens.model.hooks import hooks, layer_hooks
 from focuslens.prompts.batch import batches, pad_token_id
 from focuslens.prompts.spans import LabeledPrompt
 from focuslens.prompts.tokens import TokenizedPrompt
@@ -130,13 +130,11 @@ def contextual_scores(
         masks = span_mask_batch(batch, sink)
         per_layer: dict[int, torch.Tensor] = {}
 
-        fwd_hooks = [
-            (
-                attn_hook(layer, "hook_pattern"),
-                partial(reduce_hook, out=per_layer, layer=layer, args=(rows, row_mask, masks)),
-            )
-            for layer in range(n_layers)
-        ]
+        fwd_hooks = layer_hooks(
+            range(n_layers),
+            "hook_pattern",
+            partial(reduce_hook, out=per_layer, args=(rows, row_mask, masks)),
+        )
         with torch.no_grad(), hooks(model, fwd_hooks):
             model(batch.tokens.to(device), return_type=None)
         if sorted(per_layer) != list(range(n_layers)):

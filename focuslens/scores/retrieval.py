@@ -35,7 +35,7 @@ import torch
 
 from focuslens.heads import HeadScores
 from focuslens.model import hooks as hooking
-from focuslens.model.hooks import attn_hook
+from focuslens.model.hooks import layer_hooks
 from focuslens.prompts.batch import PromptBatch, batches, pad_token_id
 from focuslens.prompts.spans import LabeledPrompt
 from focuslens.scores.reduce import prepare
@@ -133,7 +133,7 @@ def retrieval_scores(
             targets=torch.where(copyable, targets, -1),
             span=span,
         )
-        fwd = [(attn_hook(l, "hook_pattern"), partial(count, layer=l)) for l in range(n_layers)]
+        fwd = layer_hooks(range(n_layers), "hook_pattern", count)
         with torch.no_grad(), hooking.hooks(model, fwd):
             model(tokens.to(device), return_type=None)
         results.append(torch.stack([per_layer[l] for l in range(n_layers)], dim=1))
