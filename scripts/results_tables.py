@@ -76,9 +76,28 @@ def heads_table(m: dict) -> str:
     return _table(header, rows)
 
 
+def criteria_table(m: dict) -> str:
+    """The demo model against its acceptance criteria (``focuslens.demo.card.criteria``)."""
+    from focuslens.demo.card import criteria
+
+    rows = [
+        [c["criterion"], f"{c['value']:+.2f}", c["target"], "yes" if c["holds"] else "**no**"]
+        for c in criteria(m)
+    ]
+    return _table(["criterion", "measured", "target", "holds"], rows)
+
+
 def card_tables(m: dict | None = None) -> dict[str, str]:
+    from focuslens.demo.card import method_md
+
     m = m if m is not None else json.loads(MEASUREMENTS.read_text())
-    return {"accuracy": accuracy_table(m), "position": position_table(m), "heads": heads_table(m)}
+    return {
+        "accuracy": accuracy_table(m),
+        "position": position_table(m),
+        "heads": heads_table(m),
+        "method": method_md(m["method"]),
+        "criteria": criteria_table(m),
+    }
 
 
 def run_tables(run_dir: str | Path) -> dict[str, str]:

@@ -5,51 +5,55 @@ from __future__ import annotations
 from typing import Any
 
 HISTORY = """\
-* **Start (the issue's probe).** Documents `[DOC k v]`, queries `[Q k` -> `v`, four
-  queries per sequence, a loss on every answer, 25% absent keys, 2-layer
-  attention-only rotary model (d_model 128, 4 heads of 32), lr 2e-3 with warm-up and
-  cosine decay, batch 64, 2-12 documents. This card's recipe keeps all of that.
-* **Two-word keys and values.** Keys became two words so that distractors can share
-  part of the gold key (the `similar` option), and values two words so that the
-  teacher-forced response has a row (the first value word) that still has to read the
-  gold document. Training sequences mix in keys that share a word with another key
-  and absent keys that share a word with a present one, so the model must match whole
-  keys.
-* **TransformerLens forward too slow to train on shared CPUs.** One step of
-  `HookedTransformer.forward` (batch 64, ~70 tokens) took 1-4 s on this machine while
-  other jobs ran. `_fast.py` computes the same function from the same parameters with
-  fused attention and unembeds only the target positions; it agrees with
-  `model(tokens)` to ~1e-5 (checked in `train.py` and in the tests). Two threads were
-  4x slower than one under contention (thread spin), so training uses one thread.
-* **Run 1 (64 value words, repeats allowed).** Learned after a plateau at loss ~1.5
-  (steps 300-900, the model copying some value of the context) and a drop at steps
-  900-1300. Accuracy 0.98 at 4 documents but only 0.935 at 8-12: 90% of the errors
-  were a wrong *second* value word. The model finds the second word by induction
-  (after the first value word, copy what followed it earlier), which fails when the
-  first word also occurs in another document (about 1 prompt in 5 at 8 documents).
-  Present-key accuracy fell steeply past the training range: 0.81 at 16, 0.38 at 24,
-  0.06 at 32, 0 at 48, almost always answering `NONE` (under-commitment).
-* **Run 2 (512 value words, none repeated in a prompt).** Meant to remove those
-  repeats; the model never left the plateau (loss 1.9 after 2,500 steps, 28 min under
-  heavy CPU contention). Copying one of 512 words through 32-dimensional heads is much
-  harder to learn than one of 64.
-* **Run 3 (this model).** Back to 64 value words, drawn without repetition while a
-  prompt has at most 32 documents (always, in training); the same recipe otherwise.
-  Learned by step ~1,300 (plateau until ~500), final loss 0.002; accuracy 1.00 over the
-  training range. Present-key accuracy still falls steeply past it (0.995 at 16, ~0.6
-  at 24, ~0.15 at 32), so `DISTRACTING_DOCS` is 24 rather than the probe's 48.
-* **What the distraction is.** At 24 documents a gold document in the middle is still
-  found (accuracy ~1.0); one at the start, ~145 tokens before the query (farther than
-  any training sequence), is mostly answered `NONE`, and one at the end is often
-  answered with another document's value. The contextual heads' mass on the relevant
-  document drops and moves to distractors (tables above). Part of the effect is
-  distance beyond the training lengths, part is dilution over more documents; both
-  are what a focus direction has to counter.
+Every run below was measured on held-out prompts (test seeds `5000 + N`, absent-key
+seeds `6000 + N`, training prompts for scores and directions `7000 + N`; 100-150
+prompts per cell, so about +-0.08 at 95%). "top-3" are the three heads with the highest
+contextual score (`query="response"`), "random-3" three other heads (three draws).
+
+| model | what changed | accuracy (documents) | at the distracting length |
+|---|---|---|---|
+| v1 (2 x 4 heads, 2-12 documents, answer `v v`) | the first demo model | 1.00 (4), 0.57 (24) | split-softmax top-2 0.00 (random 0.07); directions 0.54-0.56 at every alpha (baseline 0.56) |
+| 3 x 8, answer prefix or echo, from scratch | answer format learned from the start | 0.20 (4) | did not learn retrieval in 3,000 steps |
+| 3 x 8, two stages, echo, 2-32 documents | curriculum: retrieval first, then echo | 1.00 (24), 0.99 (32), 0.59 (40) | 40 lies beyond training: split-softmax top-3 0.67 vs random-3 0.25; directions 0.53-0.57 (baseline 0.57) |
+| e1: stage 2 on 2-48 documents, 25% absent | distraction inside the training range | 1.00 (4), 0.98 (32), 0.65 (48) | errors are wrong values (answered `NONE`: 0.05) |
+| e2: 50% absent, 90% of them near misses | the model answers `NONE` when unsure | 1.00 (4), 0.79 (32), 0.41 (48); gold-only 0.77-0.89 | at 48: split-softmax top-3 0.57 vs random-3 0.43-0.52 (baseline 0.37); directions 0.34-0.38 at alpha -1 to 4 |
+| v3: e2 + 1-document prompts + head penalty 0.002 | gold-only prompts in training; fewer heads | 0.97 (4), 0.59 (40); gold-only 0.94 | at 40: split-softmax top-3 0.71 vs random-3 0.69-0.71 (baseline 0.56); directions 0.51-0.56; no head pruned |
+| v4: head penalty 0.006 | stronger penalty | 0.98 (4), 0.56 (40) | at 40: split-softmax top-3 0.65 vs random-3 0.70-0.71; still no head pruned (AdamW shrinks all heads alike) |
+| **v5 (this model)**: v3 + next-token loss 0.3 on the rest of the sequence | heads get work at every row, as in a language model | 0.97 (4), 0.79 (32), 0.42 (48) | at 40: split-softmax top-3 0.67 vs random-3 0.47-0.67 (baseline 0.53); directions 0.46-0.53 |
+
+**Why the directions do not help here (measured).** At the decisive row (the echoed
+key's last word, which predicts the first value word) the layer-2 contextual heads put
+0.48-0.65 of their attention on the gold document's span and almost all the rest
+(0.35-0.58) on the other documents' `]` tokens; `<bos>` gets 0.01-0.08. The heads'
+attention on the gold document is about the same whether the answer is right or wrong
+(e2 at 48 documents: 0.57-0.64 vs 0.52-0.64 for two of the top three heads). A focus
+direction adds the same vector to every query; its logit bias `d_q . k_j` depends on the
+key's *kind* (document token, delimiter, sink) and position, not on which document
+matches the query. It can move attention from the sink to the documents, which is where
+it helps in the paper's models, whose contextual heads park most of their attention on
+the sink. Here the attention it would have to move sits on the same kind of token as
+the gold document's, so learned directions stay small (norms 0.3-0.6) and no alpha
+helps. The split-softmax oracle knows the span and does help.
 """
 
 
 def _fmt(x: Any, spec: str = ".2f") -> str:
     return format(x, spec) if isinstance(x, float) else str(x)
+
+
+def _stages_md(stages: list[dict[str, Any]]) -> str:
+    lines = [
+        "| stage | answer | documents | absent keys | near misses | steps | lr | warm-up | head penalty | next-token loss |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for i, s in enumerate(stages, start=1):
+        answer = "`k k v v <eos>`" if s["echo"] else "`v v <eos>`"
+        lines.append(
+            f"| {i} | {answer} | {s['min_docs']}-{s['max_docs']} | {s['absent']:.0%} "
+            f"| {s['near_miss']:.0%} | {s['steps']} | {s['lr']} | {s['warmup']} "
+            f"| {s['head_l1']} | {s['context_loss']} |"
+        )
+    return "\n".join(lines)
 
 
 def render_card(
@@ -62,17 +66,17 @@ def render_card(
     heads_predict_md: str,
     heads_4_md: str,
     by_position_md: str,
+    method_md: str,
+    extra_md: list[tuple[str, str]],
+    criteria_md: str,
 ) -> str:
     """Fill the card template."""
     r = training["recipe"]
     m = measurements
     dd = m["settings"]["distracting_docs"]
     rows = {row["n_documents"]: row for row in m["accuracy"]}
-    heads = m["heads"]["response"]
-    top = heads[:2]
-    total_rel = sum(h["relevant"] for h in heads)
-    top_share = sum(h["relevant"] for h in top) / total_rel if total_rel else float("nan")
-    top_names = ", ".join(f"L{h['layer']}H{h['head']}" for h in top)
+    t = m["method"]
+    top_names = ", ".join(f"L{layer}H{head}" for layer, head in t["top"])
     arch = ", ".join(
         f"{k}={config[k]}"
         for k in (
@@ -90,15 +94,21 @@ def render_card(
             "default_prepend_bos",
         )
     )
+    group = config["n_heads"] // config["n_key_value_heads"]
     cpu = training.get("train_cpu_seconds")
     cpu_text = f"{cpu / 60:.1f} min of CPU time" if cpu else "CPU time not recorded"
+    max_docs = max(s["max_docs"] for s in r["stages"])
+    losses = {e["stage"]: e["loss"] for e in training["log"]}
+    extras = "\n\n".join(f"**{title}**\n\n{md}" for title, md in extra_md)
     return f"""# focuslens demo model
 
-A tiny transformer in which the paper's phenomenon is real: it retrieves the value of a
-queried key from a list of documents, is accurate on as many documents as it was trained
-on, and is distracted by many more; a few attention heads carry its attention to the
-relevant document. It ships with focuslens so that every tutorial and test runs offline
-on two CPU cores.
+A tiny transformer that retrieves the value of a queried key from a list of documents.
+It is accurate with a few documents and distracted by many (as many as it was trained
+on); a few attention heads of its last layer carry its attention to the relevant
+document, and forcing them onto it (the split-softmax oracle) restores part of the
+accuracy. Focus directions do **not** help on it: the section "What was tried" says why,
+measured. It ships with focuslens so that every tutorial and test runs offline on two
+CPU cores.
 
 ```python
 import focuslens
@@ -111,45 +121,58 @@ focuslens.evaluate(model, prompts).accuracy
 ## Task
 
 `focuslens.tasks.synthetic_retrieval`: documents `[DOC k12 k40 v7 v51 ]` (a two-word key
-and a two-word value), then a query `[Q k12 k40`; the model answers `v7 v51 <eos>`, or
-`NONE <eos>` when no document has the key. Keys and values are distinct within a
-prompt, and up to 32 documents no value word repeats. Word-level vocabulary of {config["d_vocab"]}
-tokens (64 key words, 64 value words, `[DOC`, `]`, `[Q`, `NONE`, `<bos>`, `<eos>`,
-`<pad>`, `<unk>`); a prompt of N documents has `1 + 6 N + 3` tokens with BOS.
+and a two-word value), then a query `[Q k12 k40`; the model repeats the key and answers
+`k12 k40 v7 v51 <eos>`, or `k12 k40 NONE <eos>` when no document has the key. Keys and
+values are distinct within a prompt, and up to 32 documents no value word repeats.
+Word-level vocabulary of {config["d_vocab"]} tokens (64 key words, 64 value words, `[DOC`,
+`]`, `[Q`, `NONE`, `<bos>`, `<eos>`, `<pad>`, `<unk>`); a prompt of N documents has
+`1 + 6 N + 3` tokens with BOS.
 
-* **Spans**: each document's span is `k k v v ]`, its closing delimiter included, since
-  the model gathers a document's content on that token. `[DOC` lies outside, like
-  `Document [i]` in the paper.
+* **The echoed key** works like the answer prefix of a chat model: the first value word,
+  the prediction that decides the answer, is made on the row of the echoed key's last
+  word, which is a response row. So `query="response"` (the default of the scores and
+  of learning) reads the decisive row.
+* **Spans**: each document's span is `k k v v ]`, its closing delimiter included: at
+  the decisive row the contextual heads read the gold document from its `]` (see
+  "What was tried"). `[DOC` lies outside, like `Document [i]` in the paper.
 * **Stop token**: `<eos>` (`model.tokenizer.eos_token`); greedy generation stops on it.
   `prompt.response` is the answer without it.
-* **Metric**: exact match of the answer (`prompt.meta["metric"] == "exact"`).
+* **Metric**: exact match of the whole answer, echoed key included
+  (`prompt.meta["metric"] == "exact"`).
 
 ## Architecture
 
 `HookedTransformer` from `HookedTransformerConfig({arch})`: attention only, rotary
-(GPT-NeoX layout), RMSNorm, grouped-query attention (4 query heads share 2 key/value
-heads: query head h reads KV head h // 2), BOS prepended so an attention sink can form.
-Weights: `model.safetensors` (parameters only, float32); tokenizer: `tokenizer.json`
-(Hugging Face `tokenizers`, word level, whitespace split, exact offsets), wrapped in
-`PreTrainedTokenizerFast` with bos `<bos>`, eos `<eos>`, pad `<pad>`.
+(GPT-NeoX layout), RMSNorm, grouped-query attention ({config["n_heads"]} query heads share
+{config["n_key_value_heads"]} key/value heads: query head h reads KV head h // {group}), BOS
+prepended so an attention sink can form. Weights: `model.safetensors` (parameters only,
+float32); tokenizer: `tokenizer.json` (Hugging Face `tokenizers`, word level, whitespace
+split, exact offsets), wrapped in `PreTrainedTokenizerFast` with bos `<bos>`, eos
+`<eos>`, pad `<pad>`.
 
 ## Training
 
 `python -m focuslens.demo.train --out focuslens/demo` (deterministic: seeded Python RNG
-for the data, `torch.manual_seed`, deterministic algorithms, {r["threads"]} thread).
+for the data, `torch.manual_seed`, deterministic algorithms, {r["threads"]} thread). Two
+stages, each with a fresh AdamW (weight decay {r["weight_decay"]}, gradient clipping
+{r["grad_clip"]}, batch {r["batch_size"]}, warm-up then cosine decay to
+{r["final_lr_fraction"]} x lr):
 
-* Data: each sequence holds {r["min_docs"]}-{r["max_docs"]} documents (the same number in a
-  batch), then {r["queries"]} queries each followed by its answer and `<eos>`; {r["absent"]:.0%} of
-  queries have an absent key (half of those share one word with a present key); a key
-  shares one word with an earlier key with a probability drawn per sequence from
-  [0, {r["max_share"]}]. Loss: cross-entropy on the answer tokens and their `<eos>` only.
-* Optimiser: AdamW, lr {r["lr"]}, {r["warmup"]} warm-up steps then cosine decay to
-  {r["final_lr_fraction"]} x lr, weight decay {r["weight_decay"]}, gradient clipping
-  {r["grad_clip"]}, batch {r["batch_size"]}, {r["steps"]} steps, seed {r["seed"]}.
+{_stages_md(r["stages"])}
+
+* Each sequence holds the same number of documents within a batch, then {r["queries"]}
+  queries, each followed by its answer and `<eos>`. Near misses are absent keys that
+  share one word with a present key; a key shares one word with an earlier key with a
+  probability drawn per sequence from [0, {r["max_share"]}]. Loss: cross-entropy on the
+  answer tokens (echoed key included) and their `<eos>`; stage 2 adds a next-token loss
+  on the other tokens and a group-lasso penalty on each head's `W_O`.
+* Stage 1 teaches retrieval on short prompts: at this scale the echo format does not
+  learn from scratch. Stage 2 trains on prompts as long as the ones the demo is
+  evaluated on, so the model is distracted by the number of documents, not by
+  distances it never saw.
 * Time: {training["train_seconds"] / 60:.1f} min wall clock, {cpu_text}
-  (torch {training["torch"]}; the machine was shared with other jobs). Final training
-  loss {training["log"][-1]["loss"]:.3f}. A second run of the script reproduced
-  `model.safetensors` byte for byte (same machine, torch and thread count).
+  (torch {training["torch"]}). Final answer loss: stage 1 {losses.get(1, float("nan")):.3f},
+  stage 2 {losses.get(2, float("nan")):.3f}.
 
 ## Accuracy by number of documents
 
@@ -157,16 +180,17 @@ Greedy answers, exact match, {m["settings"]["n"]} prompts per cell (seed
 `{m["settings"]["seed"]} + n_documents`, gold position uniform), computed by
 `focuslens.demo.card.accuracy_table` (which calls `focuslens.evaluate`).
 `present`: the key is in one document; `present_none`: fraction of those answered
-`NONE`; `absent`: the key is in no document (correct answer `NONE`); `similar`: present
-key, half of the distractors share one key word with it.
+`NONE`; `absent`: the key is in no document (correct answer `k k NONE`); `similar`:
+present key, half of the distractors share one key word with it.
 
 {accuracy_md}
 
-* Training range (2-12 documents): present-key accuracy
+* Few documents (2-12): present-key accuracy
   {min(rows[n]["present"] for n in (2, 4, 8, 12)):.2f}-{max(rows[n]["present"] for n in (2, 4, 8, 12)):.2f}.
-* **`DISTRACTING_DOCS = {dd}`**: present-key accuracy {rows[dd]["present"]:.2f}, with
-  {rows[dd]["present_none"]:.0%} of the answers `NONE` (distraction shows as
-  under-commitment), absent-key accuracy {rows[dd]["absent"]:.2f}.
+* **`DISTRACTING_DOCS = {dd}`** (inside the training range, 1-{max_docs}): present-key
+  accuracy {rows[dd]["present"]:.2f}, with {rows[dd]["present_none"]:.0%} of the answers
+  `NONE` (distraction shows mostly as under-commitment), absent-key accuracy
+  {rows[dd]["absent"]:.2f}.
 * Gold-only prompts (the same queries with only the relevant document): accuracy
   {m["gold_only"]["4"]:.2f} (from 4-document prompts) and
   {m["gold_only"][str(dd)]:.2f} (from {dd}-document prompts).
@@ -179,19 +203,15 @@ Accuracy at {dd} documents by position of the gold document:
 
 `focuslens.contextual_scores(model, prompts, query="response", sink=2)` on 100
 present-key prompts at {dd} documents, teacher-forced with the gold answer (query
-rows: the two value tokens). `relevant`: attention mass on the gold document's span;
-`distractors`: on all other documents together; `per_distractor`: that divided by
-the number of distractors; `sink`: positions 0-1 (`<bos>`, `[DOC`);
-`gold_only_relevant`: mass on the document of the gold-only prompt. Best first.
+rows: the answer's tokens, the decisive one among them). `relevant`: attention mass on
+the gold document's span; `distractors`: on all other documents together;
+`per_distractor`: that divided by the number of distractors; `sink`: positions 0-1
+(`<bos>`, `[DOC`); `gold_only_relevant`: mass on the document of the gold-only prompt.
+Best first.
 
 {heads_md}
 
-The top two heads ({top_names}) hold {top_share:.0%} of the relevant-span mass summed over
-all heads; the sink mass of these contextual heads is
-{", ".join(_fmt(h["sink"]) for h in top)}.
-
-Same, with `query="predict"` (the rows that predict the answer: the last prompt token
-and the first value word):
+Same, with `query="predict"` (the rows that predict the answer's tokens):
 
 {heads_predict_md}
 
@@ -199,17 +219,38 @@ At 4 documents (`query="response"`):
 
 {heads_4_md}
 
+## The method on this model
+
+`focuslens.demo.card.method_table` at {dd} documents: the top {len(t["top"])} heads (10% of
+the model's heads: {top_names}, chosen on 100 training prompts) hold {t["top_share"]:.0%} of the
+relevant-span mass summed over all heads. Split-softmax (tau 0.1) and focus directions
+(learned with `learn_focus_directions` defaults on the same training prompts) on them and on
+{len(t["random"])} random sets of as many other heads (pooled); test prompts use other seeds.
+Best positive alpha: {t["best_alpha"]}.
+
+{method_md}
+
+Other lengths and similar distractors (half the prompts):
+
+{extras}
+
+### Against the acceptance criteria
+
+{criteria_md}
+
 ## What was tried
 
 {HISTORY}
 ## Limits
 
-* A toy: word-level synthetic vocabulary, no MLPs, two layers. Its heads, sink and
+* A toy: word-level synthetic vocabulary, no MLPs, three layers. Its heads and
   distraction are real but simple; use real models for claims about language models.
-* Trained on at most {r["max_docs"]} documents ({1 + 6 * r["max_docs"] + 3 + 6 * 4} tokens); longer
-  prompts are out of distribution by design. Beyond 32 documents value words repeat
-  across documents, which also confuses the second answer word (the model finds it by
-  induction on the first).
-* Position matters: see the accuracy by gold position above; this is not the
-  paper's U-shaped "lost in the middle" curve.
+* Trained on at most {max_docs} documents ({1 + 6 * max_docs + 3 + 5 * 4} tokens with the
+  queries); longer prompts are out of distribution. Beyond 32 documents value words
+  repeat across documents.
+* Split-softmax on random heads also helps here: in a three-layer model, forcing any
+  head of the first layers onto the gold document copies its words into the decisive
+  row. Compare the top heads with random heads, never with the baseline alone.
+* Focus directions do not help (see above): use the demo to learn the tools and their
+  controls, and real models for the directions' effect.
 """

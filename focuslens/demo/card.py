@@ -10,6 +10,7 @@ head scores from :func:`focuslens.contextual_scores`.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ CARD_SEED = 1000
 CARD_N = 300
 """Prompts per cell of the card's table."""
 
-CARD_DOCS = (2, 4, 8, 12, 16, 20, 24, 28, 32, 48, 64)
+CARD_DOCS = (2, 4, 8, 12, 16, 24, 32, 40, 48, 56, 64)
 """Numbers of documents in the card's table."""
 
 KINDS = ("present", "absent", "similar", "gold_only")
@@ -149,23 +150,269 @@ def head_table(
     return pd.DataFrame(rows).sort_values("relevant", ascending=False, ignore_index=True)
 
 
-def measure(model, distracting_docs: int, *, n: int = CARD_N) -> dict[str, Any]:
-    """Every number of the card, as plain data (saved as ``measurements.json``)."""
-    table = accuracy_table(model, n=n)
-    gold_only = {nd: accuracy(model, "gold_only", nd, n=n) for nd in (4, distracting_docs)}
-    n_heads = min(n, 100)
-    heads = {
-        query: head_table(model, distracting_docs, n=n_heads, query=query).to_dict("records")
-        for query in ("response", "predict")
-    }
+CARD_ALPHAS: tuple[float | str, ...] = (-1.0, 0.5, 1.0, 2.0, 4.0, "auto")
+"""Steering strengths of the card's method table."""
+
+CARD_RANDOM_SETS = 3
+"""Random head sets per control (their accuracies are pooled)."""
+
+
+def card_k(model) -> int:
+    """The top 10% of the model's heads, rounded up (3 of the demo model's 24)."""
+    return max(1, math.ceil(0.1 * model.cfg.n_layers * model.cfg.n_heads))
+
+
+def _cell(frame: pd.DataFrame) -> dict[str, Any]:
+    """Accuracy, its Wilson interval, n and the fraction of answers ending in ``NONE``."""
+    from focuslens.evaluation.curves import wilson_interval
+
+    acc, n = float(frame["correct"].mean()), len(frame)
+    lo, hi = wilson_interval(acc, n)
+    none = float(frame["prediction"].str.strip().str.endswith(syn.NONE).mean())
+    return {"accuracy": acc, "lo": lo, "hi": hi, "n": n, "none": none}
+
+
+def method_table(
+    model,
+    n_documents: int,
+    *,
+    n: int = CARD_N,
+    n_train: int = 100,
+    seed: int = CARD_SEED,
+    similar: float = 0.0,
+    alphas: Sequence[float | str] = CARD_ALPHAS,
+    n_random: int = CARD_RANDOM_SETS,
+    directions: bool = True,
+) -> dict[str, Any]:
+    """The method on the demo model, with its controls, on held-out prompts.
+
+    The top heads (:func:`card_k` of them) are ranked by their contextual score
+    (``query="response"``) on ``n_train`` training prompts; focus directions are learned
+    on the same prompts with :func:`focuslens.learn_focus_directions`'s defaults. The
+    test prompts (``n`` present keys, ``n`` absent keys) use other seeds.
+
+    Returns:
+        ``top`` (heads), ``top_share`` (their share of the summed relevant-span mass),
+        ``random`` (the random head sets, disjoint from ``top``), and ``rows``: one row
+        per condition (``condition``, ``heads``, ``setting``, ``prompts`` ("present",
+        "absent", "gold_only"), then :func:`_cell`'s accuracy, Wilson interval, n and
+        NONE fraction). Random-head rows pool their ``n_random`` sets.
+    """
+    from focuslens.directions.learn import learn_focus_directions
+    from focuslens.evaluation.accuracy import evaluate
+    from focuslens.heads.ranking import random_heads, top_k
+    from focuslens.interventions.oracles import SplitSoftmax
+    from focuslens.scores.contextual import contextual_scores
+
+    nd = n_documents
+    train = synthetic_retrieval(n_train, n_documents=nd, seed=seed + 2000 + nd, similar=similar)
+    test = synthetic_retrieval(n, n_documents=nd, seed=seed + 3000 + nd, similar=similar)
+    absent = synthetic_retrieval(n, n_documents=nd, absent=1.0, seed=seed + 4000 + nd)
+    sets = {"present": test, "absent": absent, "gold_only": [p.gold_only() for p in test]}
+    k = card_k(model)
+    scores = contextual_scores(model, train, query="response", sink=2)
+    top = top_k(scores, k)
+    rel = scores.relevant.flatten().clamp(min=0)
+    share = float(sum(scores.relevant[h] for h in top) / rel.sum())
+    randoms = [random_heads(model, k, seed=i, exclude=top) for i in range(n_random)]
+    rows: list[dict[str, Any]] = []
+
+    head_sets = {"": [None], "top": [top], "random": randoms}
+
+    def run(condition, name, setting, make, prompts="present"):
+        frames = [
+            evaluate(model, sets[prompts], intervention=make(h), progress=False).to_dataframe()
+            for h in head_sets[name]
+        ]
+        cell = _cell(pd.concat(frames))
+        rows.append(
+            {"condition": condition, "heads": name, "setting": setting, "prompts": prompts, **cell}
+        )
+        return cell
+
+    for prompts in ("present", "absent", "gold_only"):
+        run("baseline", "", "", lambda h: None, prompts)
+    for name in ("top", "random"):
+        run("split_softmax", name, "tau=0.1", lambda h: SplitSoftmax(h, tau=0.1))
+    best: tuple[float, Any] = (-1.0, None)
+    if directions:
+        learned = list(top) + [h for r in randoms for h in r if h not in top]
+        fd = learn_focus_directions(model, train, heads=learned)
+        for alpha in alphas:
+            cell = run("steering", "top", f"alpha={alpha}", lambda h, a=alpha: fd.steering(h, a))
+            if alpha != "auto" and float(alpha) > 0 and cell["accuracy"] > best[0]:
+                best = (cell["accuracy"], alpha)
+        for alpha in [best[1], "auto"]:
+            run("steering", "random", f"alpha={alpha}", lambda h, a=alpha: fd.steering(h, a))
+            run(
+                "steering",
+                "top",
+                f"alpha={alpha}",
+                lambda h, a=alpha: fd.steering(h, a),
+                "absent",
+            )
     return {
-        "settings": {"n": n, "seed": CARD_SEED, "distracting_docs": distracting_docs},
-        "accuracy": table.to_dict("records"),
-        "gold_only": {str(k): v for k, v in gold_only.items()},
-        "by_gold_position": by_gold_position(model, distracting_docs, n=n).to_dict("records"),
-        "heads_4": head_table(model, 4, n=n_heads).to_dict("records"),
-        "heads": heads,
+        "n_documents": nd,
+        "similar": similar,
+        "top": [list(h) for h in top],
+        "top_share": share,
+        "random": [[list(h) for h in r] for r in randoms],
+        "best_alpha": best[1],
+        "rows": rows,
     }
+
+
+CARD_EXTRA: tuple[tuple[int, float], ...] = ((32, 0.0), (48, 0.0), (40, 0.5))
+"""``(n_documents, similar)`` of the card's smaller method tables (other lengths, similar
+distractors), run with half the prompts and :data:`EXTRA_ALPHAS`."""
+
+EXTRA_ALPHAS: tuple[float | str, ...] = (-1.0, 1.0, 2.0, "auto")
+
+PARTS = ("accuracy", "heads", "method", "extra")
+"""The card's measurements, computed separately (``python -m focuslens.demo.card --parts``)."""
+
+
+def measure(
+    model, distracting_docs: int, *, n: int = CARD_N, parts: Sequence[str] = PARTS
+) -> dict[str, Any]:
+    """The card's numbers, as plain data (saved as ``measurements.json``).
+
+    ``parts`` selects what to measure (see :data:`PARTS`); the card needs all of them.
+    """
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        raise ValueError(f"unknown parts {unknown}; choose among {PARTS}")
+    m: dict[str, Any] = {
+        "settings": {"n": n, "seed": CARD_SEED, "distracting_docs": distracting_docs}
+    }
+    if "accuracy" in parts:
+        m["accuracy"] = accuracy_table(model, n=n).to_dict("records")
+        m["gold_only"] = {
+            str(nd): accuracy(model, "gold_only", nd, n=n) for nd in (4, distracting_docs)
+        }
+        m["by_gold_position"] = by_gold_position(model, distracting_docs, n=n).to_dict("records")
+    if "heads" in parts:
+        n_heads = min(n, 100)
+        m["heads_4"] = head_table(model, 4, n=n_heads).to_dict("records")
+        m["heads"] = {
+            query: head_table(model, distracting_docs, n=n_heads, query=query).to_dict("records")
+            for query in ("response", "predict")
+        }
+    if "method" in parts:
+        m["method"] = method_table(model, distracting_docs, n=n)
+    if "extra" in parts:
+        m["method_extra"] = [
+            method_table(model, nd, n=n // 2, similar=sim, alphas=EXTRA_ALPHAS)
+            for nd, sim in CARD_EXTRA
+        ]
+    return m
+
+
+def _row(
+    table: dict[str, Any],
+    condition: str,
+    heads: str = "",
+    setting: str = "",
+    prompts: str = "present",
+) -> dict[str, Any]:
+    for row in table["rows"]:
+        if (row["condition"], row["heads"], row["setting"], row["prompts"]) == (
+            condition,
+            heads,
+            setting,
+            prompts,
+        ):
+            return row
+    raise KeyError(f"no row {condition}/{heads}/{setting}/{prompts} in the method table")
+
+
+def criteria(m: dict[str, Any]) -> list[dict[str, Any]]:
+    """The acceptance criteria of the demo model (issue 13), evaluated on the card's numbers.
+
+    Returns:
+        One dict per criterion: ``criterion`` (text), ``value``, ``target`` (text) and
+        ``holds`` (bool).
+    """
+    dd = m["settings"]["distracting_docs"]
+    rows = {r["n_documents"]: r for r in m["accuracy"]}
+    t = m["method"]
+    base = _row(t, "baseline")["accuracy"]
+    absent = _row(t, "baseline", prompts="absent")["accuracy"]
+    best = t["best_alpha"]
+    steer = lambda heads, alpha, prompts="present": _row(  # noqa: E731
+        t, "steering", heads, f"alpha={alpha}", prompts
+    )["accuracy"]
+    ss_top = _row(t, "split_softmax", "top", "tau=0.1")["accuracy"]
+    ss_random = _row(t, "split_softmax", "random", "tau=0.1")["accuracy"]
+    out = [
+        ("accuracy at 4 documents", rows[4]["present"], ">= 0.95", rows[4]["present"] >= 0.95),
+        (f"accuracy at {dd} documents", base, "0.3-0.7", 0.3 <= base <= 0.7),
+        (
+            f"gold-only accuracy at {dd}",
+            _row(t, "baseline", prompts="gold_only")["accuracy"],
+            ">= 0.9",
+            None,
+        ),
+        (
+            "top 10% of heads' share of relevant mass",
+            t["top_share"],
+            ">= 0.50",
+            t["top_share"] >= 0.5,
+        ),
+        ("split-softmax top - baseline", ss_top - base, ">= +0.15", ss_top - base >= 0.15),
+        ("split-softmax top - random", ss_top - ss_random, ">= +0.10", ss_top - ss_random >= 0.10),
+        (
+            f"directions, best alpha ({best}) - baseline",
+            steer("top", best) - base,
+            ">= +0.08",
+            None,
+        ),
+        ("directions, alpha -1 - baseline", steer("top", -1.0) - base, "<= -0.05", None),
+        (
+            "same directions on random heads - baseline",
+            steer("random", best) - base,
+            "<= +0.03",
+            None,
+        ),
+        ("directions, auto - baseline", steer("top", "auto") - base, ">= +0.05", None),
+        (
+            "absent keys under auto - baseline",
+            steer("top", "auto", "absent") - absent,
+            ">= -0.05",
+            None,
+        ),
+    ]
+    checks = {
+        2: lambda v: v >= 0.9,
+        6: lambda v: v >= 0.08,
+        7: lambda v: v <= -0.05,
+        8: lambda v: v <= 0.03,
+        9: lambda v: v >= 0.05,
+        10: lambda v: v >= -0.05,
+    }
+    return [
+        {
+            "criterion": c,
+            "value": v,
+            "target": target,
+            "holds": bool(checks[i](v) if holds is None else holds),
+        }
+        for i, (c, v, target, holds) in enumerate(out)
+    ]
+
+
+def method_md(table: dict[str, Any]) -> str:
+    """A method table (:func:`method_table`) as markdown, with 95% Wilson intervals."""
+    lines = [
+        "| condition | heads | setting | prompts | accuracy | 95% interval | n | answered NONE |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in table["rows"]:
+        lines.append(
+            f"| {r['condition']} | {r['heads'] or '-'} | {r['setting'] or '-'} | {r['prompts']} "
+            f"| {r['accuracy']:.2f} | {r['lo']:.2f}-{r['hi']:.2f} | {r['n']} | {r['none']:.2f} |"
+        )
+    return "\n".join(lines)
 
 
 def _md(frame: pd.DataFrame, floatfmt: str = ".2f") -> str:
@@ -192,6 +439,18 @@ def render(folder: Path, m: dict[str, Any]) -> str:
     training = json.loads((Path(folder) / "training.json").read_text())
     config = json.loads((Path(folder) / "config.json").read_text())
     acc = pd.DataFrame(m["accuracy"])
+    crit = pd.DataFrame(criteria(m))
+    crit["holds"] = crit["holds"].map({True: "yes", False: "**no**"})
+    extra = [
+        (
+            f"{t['n_documents']} documents"
+            + (f", similar={t['similar']}" if t["similar"] else "")
+            + f" (top heads {', '.join(f'L{a}H{b}' for a, b in t['top'])},"
+            f" share {t['top_share']:.0%})",
+            method_md(t),
+        )
+        for t in m["method_extra"]
+    ]
     return render_card(
         config=config,
         training=training,
@@ -201,11 +460,18 @@ def render(folder: Path, m: dict[str, Any]) -> str:
         heads_predict_md=_heads_md(m["heads"]["predict"]),
         heads_4_md=_heads_md(m["heads_4"]),
         by_position_md=_md(pd.DataFrame(m["by_gold_position"])),
+        method_md=method_md(m["method"]),
+        extra_md=extra,
+        criteria_md=_md(crit, floatfmt="+.2f"),
     )
 
 
 def write_card(
-    folder: str | Path | None = None, *, n: int = CARD_N, remeasure: bool = True
+    folder: str | Path | None = None,
+    *,
+    n: int = CARD_N,
+    remeasure: bool = True,
+    parts: Sequence[str] = PARTS,
 ) -> dict[str, Any]:
     """Measure the model in ``folder`` and write ``measurements.json`` and ``MODEL_CARD.md``.
 
@@ -213,16 +479,21 @@ def write_card(
         folder: The model's folder (default: the shipped model).
         n: Prompts per cell (the shipped card uses :data:`CARD_N`).
         remeasure: False: only re-render the card from the saved ``measurements.json``.
+        parts: Measure only these (see :data:`PARTS`); the others are kept from the saved
+            ``measurements.json``, and the card is rendered once every part is there.
     """
     from focuslens.demo import DEMO_DIR, DISTRACTING_DOCS, load_demo_model
 
     folder = Path(folder) if folder is not None else DEMO_DIR
+    saved = folder / "measurements.json"
+    m = json.loads(saved.read_text()) if saved.is_file() else {}
     if remeasure:
-        m = measure(load_demo_model(folder), DISTRACTING_DOCS, n=n)
-        (folder / "measurements.json").write_text(json.dumps(m, indent=1) + "\n")
-    else:
-        m = json.loads((folder / "measurements.json").read_text())
-    (folder / "MODEL_CARD.md").write_text(render(folder, m))
+        if m.get("settings", {}).get("distracting_docs") != DISTRACTING_DOCS:
+            m = {}
+        m.update(measure(load_demo_model(folder), DISTRACTING_DOCS, n=n, parts=parts))
+        saved.write_text(json.dumps(m, indent=1) + "\n")
+    if all(k in m for k in ("accuracy", "heads", "method", "method_extra")):
+        (folder / "MODEL_CARD.md").write_text(render(folder, m))
     return m
 
 
@@ -235,8 +506,11 @@ if __name__ == "__main__":
     parser.add_argument(
         "--render-only", action="store_true", help="re-render from measurements.json"
     )
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"comma-separated subset of {PARTS}"
+    )
     args = parser.parse_args()
     import torch
 
     torch.set_num_threads(1)  # one prompt at a time: one thread is fastest, busy or not
-    write_card(args.folder, n=args.n, remeasure=not args.render_only)
+    write_card(args.folder, n=args.n, remeasure=not args.render_only, parts=args.parts.split(","))

@@ -3,16 +3,28 @@
     python -m focuslens.demo.train --out focuslens/demo
 
 Task: the synthetic key-value retrieval of :mod:`focuslens.tasks.synthetic` in its
-training form: a sequence holds 2-12 documents ``[DOC k k v v ]`` and then several
-queries ``[Q k k`` each followed by its answer ``v v <eos>`` (or ``NONE <eos>`` for
-an absent key). The loss is the cross-entropy of the answer tokens and their EOS only.
-Some keys share a word with another key in the same sequence, and some absent keys
-share a word with a present one, so the model must match whole keys.
+training form: a sequence holds documents ``[DOC k k v v ]`` and then several queries
+``[Q k k``, each followed by its answer and ``<eos>``. The loss is the cross-entropy of
+the answer tokens and their EOS only. Some keys share a word with another key in the
+same sequence, and some absent keys share a word with a present one, so the model must
+match whole keys.
 
-Model: a 2-layer attention-only rotary HookedTransformer with RMSNorm, grouped-query
-attention and BOS prepended (so an attention sink can form). Writes
-``model.safetensors``, ``config.json``, ``tokenizer.json``, ``training.json`` and
-``MODEL_CARD.md`` into ``--out``.
+A curriculum of two stages (:data:`RETRIEVAL`, then :data:`ANSWER`):
+
+1. retrieval on short prompts (2-12 documents), answering with the value directly
+   (``v v <eos>`` or ``NONE <eos>``): at this scale the model learns retrieval in this
+   form and not in the echo form from scratch;
+2. the shipped answer format, which repeats the key before the value
+   (``k k v v <eos>``, ``k k NONE <eos>``), on 1-48 documents, so that the prompts the
+   demo is evaluated on are as long as the training ones: the model is distracted by
+   the number of competing documents, not by distances it never saw. Half of the
+   queries are absent keys, most of them sharing a word with a present key, which
+   makes ``NONE`` the model's answer when it is unsure (under-commitment).
+
+Model: a 3-layer x 8-head attention-only rotary HookedTransformer with RMSNorm,
+grouped-query attention (4 key/value heads) and BOS prepended (so an attention sink
+can form). Writes ``model.safetensors``, ``config.json``, ``tokenizer.json``,
+``training.json`` and ``MODEL_CARD.md`` into ``--out``.
 """
 
 from __future__ import annotations
@@ -22,7 +34,7 @@ import json
 import math
 import random
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import torch
@@ -35,16 +47,16 @@ KEY_IDS = [TOKEN_ID[w] for w in syn.KEY_WORDS]
 VALUE_IDS = [TOKEN_ID[w] for w in syn.VALUE_WORDS]
 
 MODEL_CONFIG = {
-    "n_layers": 2,
+    "n_layers": 3,
     "d_model": 128,
-    "n_heads": 4,
-    "d_head": 32,
-    "n_key_value_heads": 2,
+    "n_heads": 8,
+    "d_head": 16,
+    "n_key_value_heads": 4,
     "attn_only": True,
     "act_fn": None,
     "normalization_type": "RMS",
     "positional_embedding_type": "rotary",
-    "rotary_dim": 32,
+    "rotary_dim": 16,
     "rotary_base": 10000,
     "n_ctx": 2048,
     "d_vocab": len(syn.VOCAB),
@@ -56,24 +68,60 @@ MODEL_CONFIG = {
 
 
 @dataclass(frozen=True)
+class Stage:
+    """One stage of the training curriculum."""
+
+    steps: int
+    lr: float
+    warmup: int
+    min_docs: int
+    max_docs: int
+    absent: float
+    echo: bool
+    """Answers start with the echoed query key (``[Q k k`` -> ``k k v v <eos>``)."""
+    near_miss: float = 0.5
+    """Fraction of absent keys that share one word with a present key."""
+    head_l1: float = 0.0
+    """Weight of a group-lasso penalty on each head's output matrix ``W_O`` (sum of the
+    heads' Frobenius norms): it makes few heads carry the retrieval, as in pretrained
+    models, instead of every head of the last layer."""
+    context_loss: float = 0.0
+    """Weight of a next-token loss on every other token of the sequence (documents and
+    queries): every head then has work at every row, as in a language model."""
+
+
+RETRIEVAL = Stage(steps=2500, lr=2e-3, warmup=100, min_docs=2, max_docs=12, absent=0.25, echo=False)
+"""Stage 1: learn retrieval on short prompts, answering with the value directly."""
+
+ANSWER = Stage(
+    steps=1200,
+    lr=1e-3,
+    warmup=50,
+    min_docs=1,
+    max_docs=48,
+    absent=0.5,
+    echo=True,
+    near_miss=0.9,
+    head_l1=0.002,
+    context_loss=0.3,
+)
+"""Stage 2: the shipped answer format (echoed key, then the value) on prompts as long as
+the ones the demo is evaluated on."""
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Training hyper-parameters (recorded in ``training.json`` and the card)."""
 
     seed: int = 0
-    steps: int = 2500
     batch_size: int = 64
-    lr: float = 2e-3
-    warmup: int = 100
     final_lr_fraction: float = 0.05
     weight_decay: float = 0.01
     grad_clip: float = 1.0
-    min_docs: int = 2
-    max_docs: int = 12
     queries: int = 4
-    absent: float = 0.25
     max_share: float = 0.5
-    near_miss: float = 0.5
     threads: int = 1
+    stages: tuple[Stage, ...] = (RETRIEVAL, ANSWER)
 
 
 def _key(rng: random.Random) -> tuple[int, ...]:
@@ -88,19 +136,34 @@ def _near(rng: random.Random, base: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(key)
 
 
-def sample_sequence(rng: random.Random, r: Recipe, n: int) -> tuple[list[int], list[int]]:
+def _values(rng: random.Random, n: int) -> list[tuple[int, ...]]:
+    """``n`` distinct values; no word repeats up to ``UNIQUE_VALUE_DOCS`` documents (as in
+    :func:`focuslens.tasks.synthetic.distinct_values`)."""
+    if n <= syn.UNIQUE_VALUE_DOCS:
+        words = rng.sample(VALUE_IDS, n * syn.VALUE_LEN)
+        return [tuple(words[i : i + syn.VALUE_LEN]) for i in range(0, len(words), syn.VALUE_LEN)]
+    seen: set[tuple[int, ...]] = set()
+    out: list[tuple[int, ...]] = []
+    while len(out) < n:
+        value = tuple(rng.choice(VALUE_IDS) for _ in range(syn.VALUE_LEN))
+        if value not in seen:
+            seen.add(value)
+            out.append(value)
+    return out
+
+
+def sample_sequence(
+    rng: random.Random, r: Recipe, n: int, stage: Stage = ANSWER
+) -> tuple[list[int], list[int]]:
     """One training sequence with ``n`` documents, and the positions of its target tokens
-    (answers and EOS)."""
+    (the answers, echoed keys included in the echo format, and EOS)."""
     share = rng.random() * r.max_share
     keys: list[tuple[int, ...]] = []
     while len(keys) < n:
         key = _near(rng, rng.choice(keys)) if keys and rng.random() < share else _key(rng)
         if key not in keys:
             keys.append(key)
-    if n > syn.UNIQUE_VALUE_DOCS:
-        raise ValueError(f"training uses at most {syn.UNIQUE_VALUE_DOCS} documents, got {n}")
-    words = rng.sample(VALUE_IDS, n * syn.VALUE_LEN)
-    values = [tuple(words[i : i + syn.VALUE_LEN]) for i in range(0, len(words), syn.VALUE_LEN)]
+    values = _values(rng, n)
     ids = [TOKEN_ID[syn.BOS]]
     for k, v in zip(keys, values):
         ids += [TOKEN_ID[syn.DOC_OPEN], *k, *v, TOKEN_ID[syn.DOC_CLOSE]]
@@ -109,30 +172,35 @@ def sample_sequence(rng: random.Random, r: Recipe, n: int) -> tuple[list[int], l
     asked: set[tuple[int, ...]] = set()
     targets: list[int] = []
     for _ in range(r.queries):
-        if unasked and rng.random() >= r.absent:
+        if unasked and rng.random() >= stage.absent:
             doc = unasked.pop()
             query, answer = keys[doc], list(values[doc])
         else:
             while True:
-                query = _near(rng, rng.choice(keys)) if rng.random() < r.near_miss else _key(rng)
+                query = (
+                    _near(rng, rng.choice(keys)) if rng.random() < stage.near_miss else _key(rng)
+                )
                 if query not in keys and query not in asked:
                     break
             answer = [TOKEN_ID[syn.NONE]]
         asked.add(query)
         ids += [TOKEN_ID[syn.QUERY], *query]
-        targets += range(len(ids), len(ids) + len(answer) + 1)
-        ids += [*answer, TOKEN_ID[syn.EOS]]
+        said = [*query, *answer] if stage.echo else answer
+        targets += range(len(ids), len(ids) + len(said) + 1)
+        ids += [*said, TOKEN_ID[syn.EOS]]
     return ids, targets
 
 
-def sample_batch(rng: random.Random, r: Recipe) -> tuple[torch.Tensor, torch.Tensor]:
+def sample_batch(
+    rng: random.Random, r: Recipe, stage: Stage = ANSWER
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Tokens ``[batch, pos]`` (right-padded) and a target mask ``[batch, pos]``.
 
     All sequences of a batch have the same number of documents (drawn uniformly from
-    ``[min_docs, max_docs]``), which keeps padding small.
+    ``[stage.min_docs, stage.max_docs]``), which keeps padding small.
     """
-    n = rng.randint(r.min_docs, r.max_docs)
-    seqs = [sample_sequence(rng, r, n) for _ in range(r.batch_size)]
+    n = rng.randint(stage.min_docs, stage.max_docs)
+    seqs = [sample_sequence(rng, r, n, stage) for _ in range(r.batch_size)]
     length = max(len(ids) for ids, _ in seqs)
     tokens = torch.full((r.batch_size, length), TOKEN_ID[syn.PAD], dtype=torch.long)
     mask = torch.zeros((r.batch_size, length), dtype=torch.bool)
@@ -150,54 +218,76 @@ def build_model(seed: int):
     return HookedTransformer(cfg)
 
 
-def lr_at(step: int, r: Recipe) -> float:
-    """Linear warm-up, then cosine decay to ``final_lr_fraction * lr``."""
-    if step < r.warmup:
-        return r.lr * (step + 1) / r.warmup
-    t = (step - r.warmup) / max(1, r.steps - r.warmup)
-    return r.lr * (
+def head_norms(model) -> torch.Tensor:
+    """Frobenius norm of each head's ``W_O``, ``[n_layers, n_heads]``."""
+    return torch.stack([block.attn.W_O.flatten(1).norm(dim=-1) for block in model.blocks])
+
+
+def lr_at(step: int, r: Recipe, stage: Stage) -> float:
+    """Linear warm-up, then cosine decay to ``final_lr_fraction * lr``, within a stage."""
+    if step < stage.warmup:
+        return stage.lr * (step + 1) / stage.warmup
+    t = (step - stage.warmup) / max(1, stage.steps - stage.warmup)
+    return stage.lr * (
         r.final_lr_fraction + (1 - r.final_lr_fraction) * 0.5 * (1 + math.cos(math.pi * t))
     )
 
 
-def train(r: Recipe, log_every: int = 100) -> tuple[torch.nn.Module, list[dict]]:
-    """Train a demo model with recipe ``r``; returns it and the loss log."""
+def train(r: Recipe, log_every: int = 100, model=None) -> tuple[torch.nn.Module, list[dict]]:
+    """Train a demo model with recipe ``r``; returns it and the loss log.
+
+    Stage ``i`` draws its sequences from ``random.Random(f"focuslens.demo.train:{seed + i}")``
+    and starts a fresh AdamW; ``model`` (default: a new one) is trained in place.
+    """
     torch.set_num_threads(r.threads)
     torch.manual_seed(r.seed)
     torch.use_deterministic_algorithms(True)
-    model = build_model(r.seed)
-    opt = torch.optim.AdamW(model.parameters(), lr=r.lr, weight_decay=r.weight_decay)
-    rng = random.Random(f"focuslens.demo.train:{r.seed}")
-    log, running = [], 0.0
+    model = build_model(r.seed) if model is None else model.train()
+    log: list[dict] = []
     start, cpu_start = time.perf_counter(), time.process_time()
-    for step in range(r.steps):
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, r)
-        tokens, mask = sample_batch(rng, r)
-        logits = fast_logits(model, tokens[:, :-1], at=mask[:, 1:])
-        loss = torch.nn.functional.cross_entropy(logits, tokens[:, 1:][mask[:, 1:]])
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)
-        opt.step()
-        running += loss.item()
-        if (step + 1) % log_every == 0 or step + 1 == r.steps:
-            entry = {
-                "step": step + 1,
-                "loss": running / ((step % log_every) + 1),
-                "seconds": round(time.perf_counter() - start, 1),
-                "cpu_seconds": round(time.process_time() - cpu_start, 1),
-            }
-            log.append(entry)
-            print(json.dumps(entry), flush=True)
-            running = 0.0
+    for i, stage in enumerate(r.stages):
+        opt = torch.optim.AdamW(model.parameters(), lr=stage.lr, weight_decay=r.weight_decay)
+        rng = random.Random(f"focuslens.demo.train:{r.seed + i}")
+        running = 0.0
+        for step in range(stage.steps):
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, r, stage)
+            tokens, mask = sample_batch(rng, r, stage)
+            nxt, at = tokens[:, 1:], mask[:, 1:]
+            if stage.context_loss:
+                logits = fast_logits(model, tokens[:, :-1])
+                rest = ~at & (nxt != TOKEN_ID[syn.PAD])
+                answer_loss = torch.nn.functional.cross_entropy(logits[at], nxt[at])
+                ctx = torch.nn.functional.cross_entropy(logits[rest], nxt[rest])
+                loss = answer_loss + stage.context_loss * ctx
+            else:
+                logits = fast_logits(model, tokens[:, :-1], at=at)
+                loss = answer_loss = torch.nn.functional.cross_entropy(logits, nxt[at])
+            if stage.head_l1:
+                loss = loss + stage.head_l1 * head_norms(model).sum()
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), r.grad_clip)
+            opt.step()
+            running += answer_loss.item()
+            if (step + 1) % log_every == 0 or step + 1 == stage.steps:
+                entry = {
+                    "stage": i + 1,
+                    "step": step + 1,
+                    "loss": running / ((step % log_every) + 1),  # answer tokens only
+                    "seconds": round(time.perf_counter() - start, 1),
+                    "cpu_seconds": round(time.process_time() - cpu_start, 1),
+                }
+                log.append(entry)
+                print(json.dumps(entry), flush=True)
+                running = 0.0
     check_fast_forward(model, r)
     return model, log
 
 
 def check_fast_forward(model, r: Recipe, atol: float = 1e-3) -> float:
     """Check that the training forward (:func:`fast_logits`) equals ``model(tokens)``."""
-    tokens, _ = sample_batch(random.Random("focuslens.demo.check"), r)
+    tokens, _ = sample_batch(random.Random("focuslens.demo.check"), r, r.stages[-1])
     with torch.no_grad():
         diff = float((fast_logits(model, tokens) - model(tokens)).abs().max())
     if diff > atol:
@@ -230,10 +320,18 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--out", type=Path, default=Path(__file__).parent)
     for name, default in asdict(Recipe()).items():
-        parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+        if name != "stages":
+            parser.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    parser.add_argument(
+        "--steps-scale", type=float, default=1.0, help="multiply every stage's steps (smoke runs)"
+    )
     parser.add_argument("--no-card", action="store_true", help="skip writing MODEL_CARD.md")
     args = parser.parse_args(argv)
-    r = Recipe(**{k: getattr(args, k) for k in asdict(Recipe())})
+    fields = {k: getattr(args, k) for k in asdict(Recipe()) if k != "stages"}
+    stages = tuple(
+        replace(s, steps=max(1, round(s.steps * args.steps_scale))) for s in Recipe().stages
+    )
+    r = Recipe(**fields, stages=stages)
     model, log = train(r)
     save(model, args.out, r, log)
     if not args.no_card:

@@ -1,10 +1,11 @@
 """Synthetic key-value retrieval with distractors: the task of the shipped demo model.
 
 A prompt is a list of *documents*, each a two-word key and a two-word value, followed
-by a query that names one key. The answer is that key's value; when the key is in no
-document (an *absent-key* query) the answer is ``NONE``::
+by a query that names one key. The answer first repeats the queried key, then gives
+that key's value; when the key is in no document (an *absent-key* query) the value is
+``NONE``::
 
-    [DOC k3 k17 v40 v8 ] [DOC k51 k2 v9 v33 ] [Q k51 k2  ->  v9 v33 <eos>
+    [DOC k3 k17 v40 v8 ] [DOC k51 k2 v9 v33 ] [Q k51 k2  ->  k51 k2 v9 v33 <eos>
 
 Everything is a word of the demo model's word-level vocabulary (:data:`VOCAB`), so a
 prompt tokenises one token per word: ``1 + 6 * n_documents + 3`` tokens with BOS.
@@ -12,22 +13,31 @@ Keys and values are distinct within a prompt; up to 32 documents no value word a
 twice either (beyond, value words repeat across documents, which makes the second
 answer word harder for a model that finds it by induction on the first).
 
+Why the answer repeats the key. The echoed key works like the answer prefix a chat
+model writes before its answer ("The value of k51 k2 is ..."): the prediction that
+decides the answer, the first value word, is made on the row of the echoed key's last
+word, which is a *response* row. So the default query rows of the contextual scores
+(``query="response"``, the answer tokens' own rows) contain the decisive one. Without
+the echo, the first value word is predicted at the last prompt token, a row the
+response rows miss.
+
 Spans. The labelled span of a document is its body ``k k v v ]``: the key, the value
 **and the closing delimiter** ``]``; the opening ``[DOC`` lies outside, as
 ``Document [i]`` does in the paper's prompts. The closing delimiter belongs to the
-span because a transformer gathers a document's content on the token after it (the
-demo model reads a document from its ``]``); without it, every head's relevant-span
-score looks uniform. The same holds for real models, which also collect a passage on
-its delimiters: keep the delimiter that closes a passage inside its span.
+span because a transformer gathers a document's content on its last token: at the
+decisive row the demo model's contextual heads read the gold document from its ``]``
+(MODEL_CARD.md measures it). The same holds for real models, which also collect a
+passage on its delimiters: keep the delimiter that closes a passage inside its span.
 
 Responses. ``prompt.response`` is the gold answer as the model's greedy answer
-decodes (``"v9 v33"``, ``"NONE"``), which is also what :func:`focuslens.evaluate`
-teacher-forces when it measures attention. The model ends every answer with :data:`EOS`
-(``"<eos>"``, the demo tokenizer's ``eos_token``), so generation stops on it; the
-marker is left out of the response because its row would predict the token after the
-answer, which the model was never trained on. ``prompt.answers`` holds the same
-answer; ``prompt.meta`` sets ``metric="exact"`` and ``max_new_tokens=3`` (the value
-and ``<eos>``) for :func:`focuslens.evaluate`.
+decodes (``"k51 k2 v9 v33"``, ``"k51 k2 NONE"``), which is also what
+:func:`focuslens.evaluate` teacher-forces when it measures attention. The model ends
+every answer with :data:`EOS` (``"<eos>"``, the demo tokenizer's ``eos_token``), so
+generation stops on it; the marker is left out of the response because its row would
+predict the token after the answer, which the model was never trained on.
+``prompt.answers`` holds the same answer (exact match: the echoed key must be right
+too); ``prompt.meta`` sets ``metric="exact"`` and ``max_new_tokens=5``
+(:data:`ANSWER_TOKENS`: the key, the value and ``<eos>``) for :func:`focuslens.evaluate`.
 
 Which option for what:
 
@@ -76,6 +86,9 @@ DOC_TOKENS = 1 + KEY_LEN + VALUE_LEN + 1
 
 QUERY_TOKENS = 1 + KEY_LEN
 """Tokens of the query at the end of the prompt: ``[Q`` and the key."""
+
+ANSWER_TOKENS = KEY_LEN + VALUE_LEN + 1
+"""Most tokens of an answer: the echoed key, the value and ``<eos>``."""
 
 MAX_SIMILAR = KEY_LEN * (N_KEY_WORDS - 1)
 """Most distinct keys that share exactly one word (at the same place) with a given key."""
@@ -208,23 +221,23 @@ def build_prompt(
         values: One value per document.
         query: The queried key.
         gold_index: Index of the document whose key is ``query``, or ``None`` (absent).
-        meta: Extra metadata; ``metric="exact"``, ``max_new_tokens`` (the value and its
-            end marker) and ``key`` are added.
+        meta: Extra metadata; ``metric="exact"``, ``max_new_tokens`` (the echoed key,
+            the value and the end marker) and ``key`` are added.
     """
     if len(keys) != len(values):
         raise ValueError(f"{len(keys)} keys for {len(values)} values")
     if gold_index is None:
         if tuple(query) in {tuple(k) for k in keys}:
             raise ValueError(f"query {query} is among the keys but gold_index is None")
-        answer = NONE
+        answer = " ".join([*query, NONE])
     else:
         if tuple(keys[gold_index]) != tuple(query):
             raise ValueError(f"query {query} differs from the gold key {keys[gold_index]}")
-        answer = " ".join(values[gold_index])
+        answer = " ".join([*query, *values[gold_index]])
     bodies = [" ".join([*k, *v, DOC_CLOSE]) for k, v in zip(keys, values)]
     info = {
         "metric": "exact",
-        "max_new_tokens": VALUE_LEN + 1,
+        "max_new_tokens": ANSWER_TOKENS,
         "key": " ".join(query),
         **(meta or {}),
     }
@@ -267,8 +280,8 @@ def synthetic_retrieval(
             distractors share no key word with it.
 
     Returns:
-        ``n`` prompts. ``meta`` holds ``metric`` ("exact"), ``max_new_tokens`` (3: the
-        value and ``<eos>``), ``task``, ``index``, ``seed``,
+        ``n`` prompts. ``meta`` holds ``metric`` ("exact"), ``max_new_tokens`` (5: the
+        echoed key, the value and ``<eos>``), ``task``, ``index``, ``seed``,
         ``n_documents``, ``gold_position`` (0-based, ``None`` when absent), ``absent``,
         ``key``, ``n_similar`` and ``n_prompt_tokens`` (BOS included).
 
@@ -276,8 +289,8 @@ def synthetic_retrieval(
         >>> p = synthetic_retrieval(1, n_documents=3, gold_position="last", seed=1)[0]
         >>> p.text[p.relevant[0]:p.relevant[1]].endswith("]"), p.meta["gold_position"]
         (True, 2)
-        >>> p.response == p.answers[0]
-        True
+        >>> p.text[p.relevant[0]:p.relevant[1]], p.response, p.answers
+        ('k34 k6 v10 v28 ]', 'k34 k6 v10 v28', ['k34 k6 v10 v28'])
     """
     n, n_documents, gold_position = _check_options(n, n_documents, gold_position)
     absent = _check_fraction("absent", absent)
@@ -311,6 +324,7 @@ def synthetic_retrieval(
 
 
 __all__ = [
+    "ANSWER_TOKENS",
     "BOS",
     "DOC_CLOSE",
     "DOC_OPEN",

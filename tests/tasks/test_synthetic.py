@@ -45,7 +45,7 @@ def test_spans_are_the_documents():
         if p.relevant is not None:
             body = p.text[p.relevant[0] : p.relevant[1]].split()
             assert tuple(body[: syn.KEY_LEN]) == _query(p)
-            assert " ".join(body[syn.KEY_LEN : -1]) == p.answers[0]
+            assert " ".join([*_query(p), *body[syn.KEY_LEN : -1]]) == p.answers[0]
 
 
 def test_token_spans_cover_whole_documents(tokenizer):
@@ -57,14 +57,17 @@ def test_token_spans_cover_whole_documents(tokenizer):
     start, end = tp.relevant
     assert end - start == syn.DOC_TOKENS - 1
     assert words[start - 1] == syn.DOC_OPEN and words[end - 1] == syn.DOC_CLOSE
-    assert tp.n_response == syn.VALUE_LEN
+    assert tp.n_response == syn.KEY_LEN + syn.VALUE_LEN
+    # the echoed key comes first: the row of its last word predicts the first value word
+    assert words[tp.n_prompt : tp.n_prompt + syn.KEY_LEN] == list(_query(p))
 
 
 def test_response_answers_and_meta():
     ps = synthetic_retrieval(10, n_documents=4, absent=0.5, seed=1)
     for p in ps:
         assert p.response == p.answers[0]
-        assert p.meta["max_new_tokens"] == syn.VALUE_LEN + 1
+        assert p.meta["max_new_tokens"] == syn.ANSWER_TOKENS == syn.KEY_LEN + syn.VALUE_LEN + 1
+        assert p.response.split()[: syn.KEY_LEN] == list(_query(p))
         assert p.meta["metric"] == "exact"
         assert p.meta["n_documents"] == p.n_documents == 4
         assert p.meta["gold_position"] == p.gold_position
@@ -100,7 +103,7 @@ def test_absent_fraction_and_answers():
     absent = [p for p in ps if p.relevant is None]
     assert len(absent) == 10
     for p in absent:
-        assert p.answers == [syn.NONE] and p.gold_position is None
+        assert p.answers == [f"{p.meta['key']} {syn.NONE}"] and p.gold_position is None
         assert _query(p) not in {k for k, _ in _docs(p)}
         assert len(p.distractors) == 8
         with pytest.raises(ValueError, match="no relevant document"):
@@ -142,9 +145,9 @@ def test_gold_only_and_distractors_only_variants():
 
 def test_training_layout_matches_prompts(tokenizer):
     """The training sequences of the demo model read like synthetic_retrieval prompts."""
-    from focuslens.demo.train import Recipe, sample_sequence
+    from focuslens.demo.train import ANSWER, Recipe, sample_sequence
 
-    ids, targets = sample_sequence(random.Random(0), Recipe(), 5)
+    ids, targets = sample_sequence(random.Random(0), Recipe(), 5, ANSWER)
     words = tokenizer.convert_ids_to_tokens(ids)
     first_query = words.index(syn.QUERY)
     docs = [
