@@ -26,7 +26,7 @@ from focuslens.directions.learn import direction_cosine
 from focuslens.heads import random_heads, str_head
 from focuslens.tasks import synthetic_retrieval
 
-ALPHAS: list[Any] = [-0.5, -0.2, 0.0, 0.1, 0.2, 0.3, 0.5, 1.0, "auto"]
+ALPHAS: list[Any] = [-4.0, -2.0, -1.0, 0.0, 1.0, 2.0, 4.0, 8.0, "auto"]
 
 
 def last_row_allocation(model, prompts, steering, heads) -> dict[str, float]:
@@ -52,7 +52,7 @@ def run_condition(model, prompts, directions, heads, alpha, measure=True) -> dic
     frame = result.to_dataframe()
     row: dict[str, Any] = {"accuracy": result.accuracy, "n": result.n}
     row["mean_alpha"] = float(torch.tensor(steering.history).mean()) if steering.history else None
-    row["answers_none"] = float((frame["prediction"].str.strip() == "NONE").mean())
+    row["answers_none"] = float(frame["prediction"].str.strip().str.endswith("NONE").mean())
     if measure:
         for kind in ("relevant", "distractors", "sink"):
             row[f"attn_{kind}"] = float(frame[f"attn_{kind}"].mean())
@@ -99,7 +99,7 @@ def table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-SHORT: list[Any] = [-0.5, 0.0, 0.3, 1.0, "auto"]
+SHORT: list[Any] = [-4.0, 0.0, 1.0, 4.0, "auto"]
 
 
 def directions_for(model, train, args, method: str, folder: Path):
@@ -125,7 +125,7 @@ def main() -> None:
     parser.add_argument("--n-train", type=int, default=100)
     parser.add_argument("--n-test", type=int, default=120)
     parser.add_argument("--n-absent", type=int, default=60)
-    parser.add_argument("--k", type=int, default=2, help="steered heads")
+    parser.add_argument("--k", type=int, default=3, help="steered heads")
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument(
         "--lr", type=float, default=1e-3, help="AdamW learning rate (with another --out)"

@@ -1,18 +1,19 @@
 """The shipped demo model: a tiny rotary transformer trained on synthetic retrieval.
 
 It reads prompts of :func:`focuslens.tasks.synthetic_retrieval` (documents
-``[DOC k k v v ]``, then a query ``[Q k k``) and answers with the value and ``<eos>``,
-or ``NONE <eos>`` when the key is absent. Trained on 2-12 documents, it is accurate
-within that range and distracted by many more: at :data:`DISTRACTING_DOCS` documents
-its accuracy is clearly lower, which is the setting every later reproduction uses.
-See ``MODEL_CARD.md`` in this folder for the architecture, training and measurements,
-and ``train.py`` for the script that made it.
+``[DOC k k v v ]``, then a query ``[Q k k``) and answers by repeating the key, then
+giving the value and ``<eos>`` (``k k NONE`` when the key is absent). Trained on 1-48
+documents, it is accurate with a few and distracted by many: at
+:data:`DISTRACTING_DOCS` documents, inside its training range, about half of its
+answers are wrong, mostly ``NONE``. See ``MODEL_CARD.md`` in this folder for the
+architecture, training, measurements and what the method does on it, and ``train.py``
+for the script that made it.
 
 Example:
     >>> from focuslens.demo import load_demo_model
     >>> model = load_demo_model()
     >>> model.cfg.n_layers, model.tokenizer.eos_token
-    (2, '<eos>')
+    (3, '<eos>')
 """
 
 from __future__ import annotations
@@ -23,8 +24,9 @@ from pathlib import Path
 DEMO_DIR = Path(__file__).parent
 """The folder holding the demo model's files."""
 
-DISTRACTING_DOCS = 24
-"""Number of documents at which the demo model is clearly distracted (see the card)."""
+DISTRACTING_DOCS = 40
+"""Number of documents at which the demo model is distracted (about half its answers are
+wrong; see the card). Inside its training range (1-48 documents)."""
 
 
 def load_demo_model(path: str | Path | None = None, *, device: str | None = None):

@@ -69,6 +69,12 @@ def predictions(model, prompts: Sequence) -> pd.DataFrame:
     return evaluate(model, prompts, progress=False).to_dataframe()
 
 
+def answered_none(frame: pd.DataFrame) -> float:
+    """Fraction of the answers in ``frame`` (a :func:`predictions` table) that say the key
+    is absent: they end with ``NONE`` (after the echoed key)."""
+    return float(frame["prediction"].str.strip().str.endswith(syn.NONE).mean())
+
+
 def accuracy(model, kind: str, n_documents: int, **kwargs: Any) -> float:
     """Exact-match accuracy (0-1) on the card's prompts of one kind."""
     return float(predictions(model, card_prompts(kind, n_documents, **kwargs))["correct"].mean())
@@ -96,7 +102,7 @@ def accuracy_table(
             frame = predictions(model, card_prompts(kind, nd, n=n, seed=seed))
             row[kind] = float(frame["correct"].mean())
             if kind == "present":
-                row["present_none"] = float((frame["prediction"].str.strip() == syn.NONE).mean())
+                row["present_none"] = answered_none(frame)
         rows.append(row)
     return pd.DataFrame(rows)
 
@@ -150,7 +156,7 @@ def head_table(
     return pd.DataFrame(rows).sort_values("relevant", ascending=False, ignore_index=True)
 
 
-CARD_ALPHAS: tuple[float | str, ...] = (-1.0, 0.5, 1.0, 2.0, 4.0, "auto")
+CARD_ALPHAS: tuple[float | str, ...] = (-4.0, -2.0, -1.0, 1.0, 2.0, 4.0, 8.0, 16.0, "auto")
 """Steering strengths of the card's method table."""
 
 CARD_RANDOM_SETS = 3
@@ -168,7 +174,7 @@ def _cell(frame: pd.DataFrame) -> dict[str, Any]:
 
     acc, n = float(frame["correct"].mean()), len(frame)
     lo, hi = wilson_interval(acc, n)
-    none = float(frame["prediction"].str.strip().str.endswith(syn.NONE).mean())
+    none = answered_none(frame)
     return {"accuracy": acc, "lo": lo, "hi": hi, "n": n, "none": none}
 
 
@@ -266,7 +272,7 @@ CARD_EXTRA: tuple[tuple[int, float], ...] = ((32, 0.0), (48, 0.0), (40, 0.5))
 """``(n_documents, similar)`` of the card's smaller method tables (other lengths, similar
 distractors), run with half the prompts and :data:`EXTRA_ALPHAS`."""
 
-EXTRA_ALPHAS: tuple[float | str, ...] = (-1.0, 1.0, 2.0, "auto")
+EXTRA_ALPHAS: tuple[float | str, ...] = (-4.0, -1.0, 2.0, 4.0, "auto")
 
 PARTS = ("accuracy", "heads", "method", "extra")
 """The card's measurements, computed separately (``python -m focuslens.demo.card --parts``)."""

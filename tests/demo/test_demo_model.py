@@ -114,7 +114,7 @@ def test_answers_end_with_eos(model):
     frame = focuslens.evaluate(model, prompts, progress=False).to_dataframe()
     assert frame["correct"].all()
     assert (frame["stop_reason"] == "eos").all()
-    assert set(frame["prediction"]) >= {syn.NONE}
+    assert frame["prediction"].str.endswith(syn.NONE).any()
 
 
 @pytest.mark.slow
@@ -123,37 +123,77 @@ def test_accuracy_matches_card(model, card):
     easy = card_mod.accuracy(model, "present", 4)
     hard = card_mod.accuracy(model, "present", DISTRACTING_DOCS)
     assert easy >= 0.9
-    assert 0.3 <= hard <= 0.8
+    assert 0.3 <= hard <= 0.7
     assert easy == pytest.approx(_card_row(card, 4)["present"], abs=TOLERANCE)
     assert hard == pytest.approx(_card_row(card, DISTRACTING_DOCS)["present"], abs=TOLERANCE)
 
 
 @pytest.mark.slow
 def test_card_claims(card):
-    """The card's own table shows what the demo model is for."""
+    """The card's own numbers show what the demo model is for, and what it is not."""
     rows = {r["n_documents"]: r for r in card["accuracy"]}
-    for nd in (2, 4, 8, 12):  # the training range
+    for nd in (2, 4, 8, 12):
         assert rows[nd]["present"] >= 0.9, (nd, rows[nd])
         assert rows[nd]["absent"] >= 0.9, (nd, rows[nd])
-    assert 0.3 <= rows[DISTRACTING_DOCS]["present"] <= 0.8
-    assert card["gold_only"][str(DISTRACTING_DOCS)] >= 0.95
-    heads = card["heads"]["response"]
-    top = sorted(h["relevant"] for h in heads)[::-1]
-    assert top[0] >= 0.3 and sum(top[:2]) >= 0.5 * sum(top)
+    assert 0.3 <= rows[DISTRACTING_DOCS]["present"] <= 0.7
+    # under-commitment: a good share of the errors answer NONE (the card gives the share)
+    assert rows[DISTRACTING_DOCS]["present_none"] >= 0.3 * (1 - rows[DISTRACTING_DOCS]["present"])
+    assert card["gold_only"][str(DISTRACTING_DOCS)] >= 0.9
+    held = {c["criterion"]: c["holds"] for c in card_mod.criteria(card)}
+    # the criteria the card's prose and the docs claim; the others do not hold (see the card)
+    assert held[f"accuracy at {DISTRACTING_DOCS} documents"]
+    assert held[f"gold-only accuracy at {DISTRACTING_DOCS}"]
+    assert held["split-softmax top - random"]
+    method = card["method"]
+    base = card_mod._row(method, "baseline")
+    boost = card_mod._row(method, "split_softmax", "top", "tau=0.1")
+    assert boost["lo"] > base["accuracy"], "the oracle on the top heads beats the baseline"
+    for r in method["rows"]:
+        if r["condition"] == "steering" and r["heads"] == "top":
+            same = card_mod._row(method, "baseline", prompts=r["prompts"])["accuracy"]
+            # the card says focus directions barely move accuracy on this model
+            assert abs(r["accuracy"] - same) <= 0.1, r
+
+
+@pytest.mark.slow
+def test_method_table_matches_card(model, card):
+    """The card's head choice is reproduced exactly; its oracle numbers within sampling
+    tolerance, on the first 40 of the card's own test prompts."""
+    saved = card["method"]
+    got = card_mod.method_table(model, DISTRACTING_DOCS, n=40, directions=False)
+    assert got["top"] == saved["top"] and got["random"] == saved["random"]
+    assert got["top_share"] == pytest.approx(saved["top_share"], abs=1e-6)
+    for cond, heads in (("baseline", ""), ("split_softmax", "top"), ("split_softmax", "random")):
+        setting = "tau=0.1" if heads else ""
+        mine = card_mod._row(got, cond, heads, setting)["accuracy"]
+        theirs = card_mod._row(saved, cond, heads, setting)["accuracy"]
+        assert mine == pytest.approx(theirs, abs=0.2), (cond, heads)
+    boost = card_mod._row(got, "split_softmax", "top", "tau=0.1")["accuracy"]
+    assert boost > card_mod._row(got, "baseline")["accuracy"]
 
 
 @pytest.mark.slow
 def test_contextual_heads_match_card(model, card):
+    """The card's head scores (100 prompts) are reproduced on its first 30 prompts: every
+    head within 0.05, and the best head here is one of the card's near-ties for first
+    (the last layer has several heads within 0.03 of each other)."""
     measured = card_mod.head_table(model, DISTRACTING_DOCS, n=30)
-    best = card["heads"]["response"][0]
-    assert (measured.loc[0, "layer"], measured.loc[0, "head"]) == (best["layer"], best["head"])
-    assert measured.loc[0, "relevant"] == pytest.approx(best["relevant"], abs=0.1)
+    saved = {(r["layer"], r["head"]): r["relevant"] for r in card["heads"]["response"]}
+    for _, row in measured.iterrows():
+        key = (int(row["layer"]), int(row["head"]))
+        assert row["relevant"] == pytest.approx(saved[key], abs=0.05), key
+    best = max(saved.values())
+    first = (int(measured.loc[0, "layer"]), int(measured.loc[0, "head"]))
+    assert saved[first] >= best - 0.03, (first, saved)
 
 
 def test_training_is_deterministic():
-    from focuslens.demo.train import Recipe, train
+    from dataclasses import replace
 
-    recipe = Recipe(steps=3, batch_size=8, warmup=2, max_docs=4)
+    from focuslens.demo.train import ANSWER, RETRIEVAL, Recipe, train
+
+    small = {"steps": 2, "warmup": 1, "max_docs": 4}
+    recipe = Recipe(batch_size=8, stages=(replace(RETRIEVAL, **small), replace(ANSWER, **small)))
     deterministic = torch.are_deterministic_algorithms_enabled()
     try:
         a, log_a = train(recipe, log_every=1)
