@@ -31,7 +31,7 @@ model = focuslens.load_demo_model()
 train = synthetic_retrieval(32, n_documents=DISTRACTING_DOCS, seed=0)
 test = synthetic_retrieval(24, n_documents=DISTRACTING_DOCS, seed=1)
 scores = focuslens.contextual_scores(model, train)
-top = scores.top_heads(2)
+top = scores.top_heads(3)
 print("contextual heads:", top)
 
 # %% [markdown]
@@ -89,6 +89,16 @@ print(f"top heads {top}: mean change of log p(answer) {float(joint_top.mean()):.
 print(f"random heads {control}: mean change of log p(answer) {float(joint_random.mean()):.2f}")
 
 # %% [markdown]
+# Every contextual head of the last layer helps the answer (removing one costs 0.6 to
+# 1.3 nats of log-probability), but the heads the answer needs most are in the first
+# layer (removing L0H3 costs about 40 nats): they build what the last layer reads. So
+# the contextual score ranks heads by what they read, not by how much the answer needs
+# them, and the two rankings hardly agree over all 24 heads. Attribution patching, a
+# first-order estimate, misses those large effects of whole-head removal: it agrees with
+# ablation on which heads help only for small changes (the tests check it against 1 %
+# ablations). Knocking out the three contextual heads together costs less than three
+# random heads, which include heads of the first two layers.
+#
 # ## Retrieval heads, for comparison
 #
 # A *retrieval head* copies: while the model writes a token that also occurs in the
@@ -100,13 +110,14 @@ print(f"random heads {control}: mean change of log p(answer) {float(joint_random
 from focuslens.scores.retrieval import retrieval_scores
 
 retrieval = retrieval_scores(model, train)
-print("top retrieval heads:", top_k(retrieval, 2), " contextual heads:", top)
-print("Jaccard overlap of the two top-2 sets:", jaccard(top_k(retrieval, 2), top))
-print("rank correlation over all heads:", round(rank_correlation(retrieval, scores), 2))
-retrieval.figure(top_k=2)
+print("top retrieval heads:", top_k(retrieval, 3), " contextual heads:", top)
+print("Jaccard overlap of the two top-3 sets:", jaccard(top_k(retrieval, 3), top))
+print("largest retrieval score of any head:", round(float(retrieval.values.max()), 3))
+retrieval.figure(top_k=3)
 
 # %% [markdown]
-# On the demo model the retrieval scores are near zero for every head: while it writes a
+# On the demo model the retrieval score is zero for every head (the "top" retrieval
+# heads printed above are an arbitrary pick among ties): while it writes a
 # value word, no head's single most-attended token is that word in the relevant document.
 # The model reads a document on its closing `]`, where the first layer has gathered the
 # document's content, so the contextual heads look *at* the document without pointing at
@@ -131,7 +142,7 @@ retrieval.figure(top_k=2)
 from focuslens.evaluation.experiments import contextual_head_experiment
 
 experiment = contextual_head_experiment(
-    model, test, ks=(1, 2), taus=(0.1,), score_prompts=train, n_random=2
+    model, test, ks=(1, 3), taus=(0.1,), score_prompts=train, n_random=2
 )
 frame = experiment.to_dataframe()
 frame[["condition", "k", "tau", "seed", "heads", "accuracy", "n", "attn_relevant"]].round(3)
@@ -144,22 +155,24 @@ experiment.figure(tau=0.1)
 # condition, so the rows compare. Read the table as the paper does: does boosting the top
 # heads lift accuracy towards (or past) the gold-only prompt, while random heads do not?
 #
-# On the demo model it does not. The boost does what it says (the top heads' attention on
-# the relevant document rises towards its gold-only level), but accuracy falls instead of
-# rising. What does the model answer?
+# On the demo model it does, for the top heads. Boosting the top 3 lifts accuracy above
+# the baseline and their attention on the relevant document to about its gold-only
+# level; one head alone is not enough. The same boost on random heads lowers accuracy,
+# and on every head at once it breaks the model. What does the model answer?
 
 # %%
 examples = experiment.examples
 for (condition, k), rows in examples.groupby(["condition", "k"], sort=False):
-    none = (rows["prediction"] == "NONE").mean()
+    none = rows["prediction"].str.endswith("NONE").mean()
     print(f"{condition:>10} k={k}: accuracy {rows['correct'].mean():.2f}, answered NONE {none:.2f}")
 
 # %% [markdown]
-# Forced to look harder at the relevant span, the model decides the key is absent. A
-# negative result is a result: on this model, attention mass on the relevant document is
-# not what limits the answer (the [results page](../docs/results.md) has the same
-# experiment on 100 prompts). The tool's job is to make such checks cheap, with their
-# controls.
+# Under-commitment is what the boost cures: a quarter of the baseline's answers say the
+# key is absent (`NONE`), and almost none once the top 3 heads are focused; random heads
+# raise that share. Boosting every head gives no `NONE` and no right answer either: the
+# whole model is pushed off its normal computation. With 24 prompts the intervals are
+# wide; the [results page](../docs/results.md) has the same experiment on 300 prompts
+# (0.60 to 0.74 on the top 3 heads, 0.20 on random heads).
 #
 # How does the attention move as `tau` falls? `focuslens.plots.allocation` stacks the
 # mass on relevant / distractors / sink / other of the boosted heads:
@@ -198,6 +211,9 @@ for name, result in pasta.items():
     print(f"PASTA alpha=0.01 on {name}: accuracy {result.accuracy:.3f} (n={result.n})")
 
 # %% [markdown]
+# PASTA gives the same picture as split-softmax: a gain on the top heads, a loss on
+# random heads.
+#
 # ## What next
 #
 # The oracles need labels. [03 · Focus directions](03-focus-directions.ipynb) learns

@@ -100,6 +100,8 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 SHORT: list[Any] = [-4.0, 0.0, 1.0, 4.0, "auto"]
+CLOSED: list[Any] = [-0.3, 0.0, 0.1, 0.3, 1.0, "auto"]
+"""The closed form is scaled to a query's norm, so its useful alphas are small."""
 
 
 def directions_for(model, train, args, method: str, folder: Path):
@@ -179,7 +181,7 @@ def main() -> None:
     log()
 
     runs = [("top", learned, top, ALPHAS), ("random", learned, rand, SHORT)]
-    runs += [("closed", closed, top, SHORT)]
+    runs += [("closed", closed, top, CLOSED)]
     if args.only_top:
         runs = runs[:1]
     for name, fd, heads, alphas in runs:

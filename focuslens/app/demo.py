@@ -57,10 +57,10 @@ class DemoPlan:
 QUICK = DemoPlan(
     n_train=16,
     n_test=24,
-    k=2,
+    k=3,
     taus=(0.1,),
-    alphas=(-1.0, 2.0),
-    random_alphas=(2.0,),
+    alphas=(-4.0, 4.0),
+    random_alphas=(4.0,),
     epochs=2,
     lengths=(),
     n_length=0,
@@ -68,13 +68,13 @@ QUICK = DemoPlan(
 )
 FULL = DemoPlan(
     n_train=64,
-    n_test=100,
-    k=2,
+    n_test=200,
+    k=3,
     taus=(0.1, 0.5, 2.0),
-    alphas=(-1.0, -0.5, 0.5, 1.0, 2.0, "auto"),
-    random_alphas=(1.0,),
+    alphas=(-4.0, -2.0, -1.0, 1.0, 2.0, 4.0, 8.0, "auto"),
+    random_alphas=(4.0,),
     epochs=10,
-    lengths=(16, 32),
+    lengths=(24, 48),
     n_length=50,
 )
 

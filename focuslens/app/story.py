@@ -29,7 +29,7 @@ import pandas as pd
 
 from focuslens import plots
 from focuslens.app.run import RunFolder
-from focuslens.evaluation.curves import accuracy_table, wilson_interval
+from focuslens.evaluation.curves import accuracy_table, paired_comparison, wilson_interval
 from focuslens.heads import str_head
 from focuslens.plots.report import Report
 from focuslens.scores.attention import AttentionMap
@@ -124,9 +124,24 @@ def _number(value: Any) -> Any:
     return int(f) if f.is_integer() and not isinstance(value, float) else f
 
 
+SIGNIFICANCE = 0.05
+"""A condition is "clearly" above or below the baseline when the paired test's p-value is
+below this (or, unpaired, when the 95 % intervals do not overlap)."""
+
+
 def compare(frame: pd.DataFrame, base: pd.DataFrame) -> str:
-    """``"clearly above"``, ``"clearly below"`` or ``"within noise of"`` the baseline: the
-    95 % Wilson intervals of the two accuracies do not overlap, or they do."""
+    """``"clearly above"``, ``"clearly below"`` or ``"within noise of"`` the baseline.
+
+    On the same prompts (the usual case: every condition answers the run's test prompts)
+    the comparison is paired: the exact McNemar test on the prompts one condition gets
+    right and the other wrong, at :data:`SIGNIFICANCE`. Otherwise (pooled random-head
+    sets, other prompts) the 95 % Wilson intervals of the two accuracies must not overlap.
+    """
+    paired = paired_comparison(frame, base)
+    if paired is not None:
+        if paired["p_value"] >= SIGNIFICANCE or paired["fixed"] == paired["broken"]:
+            return "within noise of"
+        return "clearly above" if paired["fixed"] > paired["broken"] else "clearly below"
     low, high = wilson_interval(_acc(frame), len(frame))
     base_low, base_high = wilson_interval(_acc(base), len(base))
     if low > base_high:
@@ -138,7 +153,15 @@ def compare(frame: pd.DataFrame, base: pd.DataFrame) -> str:
 
 def _versus(name: str, frame: pd.DataFrame, base: pd.DataFrame) -> tuple[str, str]:
     word = compare(frame, base)
-    return word, f"{name}: {_acc(frame):.2f}, {word} the baseline ({_acc(base):.2f})"
+    text = f"{name}: {_acc(frame):.2f}, {word} the baseline ({_acc(base):.2f}"
+    paired = paired_comparison(frame, base)
+    if paired is not None:
+        text += (
+            f"; on the same {paired['n']} prompts it gets {paired['fixed']} right that the "
+            f"baseline gets wrong and {paired['broken']} the reverse, exact McNemar "
+            f"p = {paired['p_value']:.2g}"
+        )
+    return word, text + ")"
 
 
 def _fmt(value: float) -> str:
@@ -159,7 +182,9 @@ def _overview(report: Report, run: RunFolder, evals: pd.DataFrame) -> None:
         "(the synthetic task) or best-subspan EM (QA); the interval is the 95% Wilson "
         "interval from the number of examples. attn_* columns are the mean attention mass "
         "of the answer tokens, over the chosen heads, on the relevant document, the "
-        "distractors and the sink (first tokens)."
+        "distractors and the sink (first tokens). The sections below compare conditions "
+        "with the baseline prompt by prompt (exact McNemar test, p < 0.05 for 'clearly'), "
+        "which is tighter than comparing the intervals."
     )
     report.add_section("Overview", text, numbers=headline(run.folder), tables={"Conditions": table})
 

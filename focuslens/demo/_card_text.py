@@ -145,7 +145,8 @@ focuslens so that every tutorial and test runs offline on two CPU cores.
 ```python
 import focuslens
 from focuslens.demo import DISTRACTING_DOCS  # {dd}
-model = focuslens.load_demo_model()          # offline, about a second
+
+model = focuslens.load_demo_model()  # offline, about a second
 prompts = focuslens.tasks.synthetic_retrieval(200, n_documents=DISTRACTING_DOCS)
 focuslens.evaluate(model, prompts).accuracy
 ```

@@ -18,7 +18,9 @@ Accepted inputs (``series`` is a legend entry, ``x`` the swept value):
 
 Intervals: the Wilson score interval for a binomial proportion (95 % by default). Unlike
 ``p +- 1.96 sqrt(p (1 - p) / n)`` it stays inside [0, 1] and does not collapse to zero
-width at accuracy 0 or 1, which small demo runs often hit.
+width at accuracy 0 or 1, which small demo runs often hit. Two conditions evaluated on
+the same prompts are compared prompt by prompt (:func:`paired_comparison`, with the
+exact McNemar test): a paired design, tighter than comparing two intervals.
 """
 
 from __future__ import annotations
@@ -51,6 +53,64 @@ def wilson_interval(accuracy: float, n: int, confidence: float = 0.95) -> tuple[
     centre = (accuracy + z * z / (2 * n)) / denom
     half = z * math.sqrt(accuracy * (1 - accuracy) / n + z * z / (4 * n * n)) / denom
     return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar_exact(fixed: int, broken: int) -> float:
+    """Two-sided exact McNemar p-value for a paired comparison of two conditions.
+
+    On the same prompts, ``fixed`` prompts are right under the condition and wrong under
+    the reference, ``broken`` the reverse; prompts right or wrong under both carry no
+    information. Under the null hypothesis (no difference) each discordant prompt is a
+    fair coin: the p-value is the two-sided binomial tail of ``min(fixed, broken)`` in
+    ``fixed + broken`` draws, capped at 1.
+
+    Example:
+        >>> round(mcnemar_exact(12, 0), 6)  # 2 * 0.5 ** 12
+        0.000488
+        >>> mcnemar_exact(3, 3)
+        1.0
+    """
+    if fixed < 0 or broken < 0:
+        raise ValueError(f"counts must be >= 0, got fixed={fixed}, broken={broken}")
+    n = fixed + broken
+    if n == 0:
+        return 1.0
+    tail = sum(math.comb(n, i) for i in range(min(fixed, broken) + 1)) / 2**n
+    return min(1.0, 2 * tail)
+
+
+def paired_comparison(frame: Any, base: Any, key: str = "example") -> dict[str, Any] | None:
+    """Compare two evaluations of the *same* prompts, prompt by prompt.
+
+    Args:
+        frame: The condition (an ``EvalResult`` or its per-example DataFrame).
+        base: The reference, on the same prompts.
+        key: The column naming each prompt (``evaluate`` writes ``example``).
+
+    Returns:
+        ``None`` when the two do not hold the same prompts (or lack ``key``), else
+        ``{"n", "difference", "fixed", "broken", "p_value"}``: the number of prompts,
+        accuracy minus the reference's, the prompts right only under the condition and
+        only under the reference, and the exact McNemar p-value (:func:`mcnemar_exact`).
+    """
+    a, b = _frame_of(frame), _frame_of(base)
+    if a is None or b is None or key not in a.columns or key not in b.columns:
+        return None
+    if a[key].duplicated().any() or b[key].duplicated().any():
+        return None
+    if set(a[key]) != set(b[key]) or not len(a):
+        return None
+    mine = a.set_index(key)["correct"].astype(bool)
+    theirs = b.set_index(key)["correct"].astype(bool).reindex(mine.index)
+    fixed = int((mine & ~theirs).sum())
+    broken = int((~mine & theirs).sum())
+    return {
+        "n": len(mine),
+        "difference": (fixed - broken) / len(mine),
+        "fixed": fixed,
+        "broken": broken,
+        "p_value": mcnemar_exact(fixed, broken),
+    }
 
 
 def _frame_of(value: Any) -> pd.DataFrame | None:
@@ -221,5 +281,7 @@ __all__ = [
     "ALLOCATION_KINDS",
     "accuracy_table",
     "allocation_table",
+    "mcnemar_exact",
+    "paired_comparison",
     "wilson_interval",
 ]

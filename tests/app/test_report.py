@@ -232,6 +232,27 @@ def test_compare_uses_non_overlapping_wilson_intervals():
     assert compare(frame(31, 100), base) == "within noise of"
 
 
+def test_compare_is_paired_on_the_same_prompts():
+    """Same prompts: the exact McNemar test decides, not the overlap of intervals."""
+    from focuslens.app.story import _versus, compare
+
+    def frame(correct):
+        return pd.DataFrame({"example": range(len(correct)), "correct": correct})
+
+    base = frame([True] * 50 + [False] * 50)
+    fixes = frame([True] * 62 + [False] * 38)  # 12 fixed, 0 broken: p = 2 / 4096
+    # unpaired, 0.62 and 0.50 on 100 prompts would be "within noise" (intervals overlap)
+    assert compare(fixes, base) == "clearly above"
+    swaps = frame([False] * 6 + [True] * 50 + [False] * 44)  # 6 fixed, 6 broken
+    assert compare(swaps, base) == "within noise of"
+    breaks = frame([True] * 40 + [False] * 60)  # 10 broken: p = 2 / 1024
+    assert compare(breaks, base) == "clearly below"
+    word, text = _versus("boost", fixes, base)
+    assert word == "clearly above"
+    assert "12 right that the baseline gets wrong and 0 the reverse" in text
+    assert "p = 0.00049" in text
+
+
 def test_conditions_are_typed_rows_read_back_as_written(tiny_run):
     """The run folder stores each condition's fields; reading them back needs no parsing."""
     conditions = [
