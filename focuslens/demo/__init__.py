@@ -4,8 +4,8 @@ It reads prompts of :func:`focuslens.tasks.synthetic_retrieval` (documents
 ``[DOC k k v v ]``, then a query ``[Q k k``) and answers by repeating the key, then
 giving the value and ``<eos>`` (``k k NONE`` when the key is absent). Trained on 1-48
 documents, it is accurate with a few and distracted by many: at
-:data:`DISTRACTING_DOCS` documents, inside its training range, about half of its
-answers are wrong, mostly ``NONE``. See ``MODEL_CARD.md`` in this folder for the
+:data:`DISTRACTING_DOCS` documents, inside its training range, about 4 answers in 10
+are wrong, half of them ``NONE``. See ``MODEL_CARD.md`` in this folder for the
 architecture, training, measurements and what the method does on it, and ``train.py``
 for the script that made it.
 
@@ -25,8 +25,8 @@ DEMO_DIR = Path(__file__).parent
 """The folder holding the demo model's files."""
 
 DISTRACTING_DOCS = 40
-"""Number of documents at which the demo model is distracted (about half its answers are
-wrong; see the card). Inside its training range (1-48 documents)."""
+"""Number of documents at which the demo model is distracted (accuracy 0.62 against 0.99
+with 4 documents; see the card). Inside its training range (1-48 documents)."""
 
 
 def load_demo_model(path: str | Path | None = None, *, device: str | None = None):
