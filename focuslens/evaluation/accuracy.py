@@ -138,6 +138,61 @@ class EvalResult:
         out["by_n_documents"] = self._grouped("n_documents")
         return out
 
+    def compare(self, other: EvalResult, confidence: float = 0.95) -> dict[str, Any]:
+        """This result against ``other`` on the same examples, example by example.
+
+        A paired design: both must hold the same examples (the same ``example`` ids with
+        the same gold ``answers``), e.g. two interventions evaluated on one prompt list.
+
+        Args:
+            other: The reference (usually the baseline).
+            confidence: Level of the interval on the difference.
+
+        Returns:
+            ``{"n", "accuracy", "other_accuracy", "difference", "low", "high", "fixed",
+            "broken", "p_value"}``: the accuracies, their difference (this minus
+            ``other``) with its paired interval
+            (:func:`~focuslens.evaluation.curves.paired_difference_interval`), the
+            examples right only here (``fixed``) and only in ``other`` (``broken``), and
+            the exact McNemar p-value (:func:`~focuslens.evaluation.curves.mcnemar_exact`).
+
+        Raises:
+            ValueError: When the two do not hold the same examples.
+        """
+        from focuslens.evaluation.curves import paired_comparison, paired_difference_interval
+
+        mine, theirs = self.frame, other.frame
+        paired = paired_comparison(mine, theirs)
+        if paired is None:
+            raise ValueError(
+                f"compare needs the same examples on both sides (one example id each): "
+                f"this result has {self.n} examples, the other {other.n}; evaluate both on "
+                "the same prompts"
+            )
+        if "answers" in mine.columns and "answers" in theirs.columns:
+            a = mine.set_index("example")["answers"].map(str)
+            b = theirs.set_index("example")["answers"].map(str).reindex(a.index)
+            differ = a.index[a != b].tolist()
+            if differ:
+                raise ValueError(
+                    f"compare needs the same examples on both sides, but the gold answers "
+                    f"of examples {differ[:5]} differ: these are other prompts"
+                )
+        low, high = paired_difference_interval(
+            paired["fixed"], paired["broken"], paired["n"], confidence
+        )
+        return {
+            "n": paired["n"],
+            "accuracy": self.accuracy,
+            "other_accuracy": other.accuracy,
+            "difference": paired["difference"],
+            "low": low,
+            "high": high,
+            "fixed": paired["fixed"],
+            "broken": paired["broken"],
+            "p_value": paired["p_value"],
+        }
+
     def __repr__(self) -> str:
         heads = "" if self.heads is None else f", heads={len(self.heads)}"
         return f"EvalResult(n={self.n}, accuracy={self.accuracy:.3f}{heads})"
