@@ -136,7 +136,8 @@ It is accurate with a few documents and distracted by many (as many as it was tr
 on); a few attention heads of its last layer carry its attention to the relevant
 document. At {dd} documents, forcing the top {len(t["top"])} of them onto it (the
 split-softmax oracle) lifts accuracy from {base:.2f} to {ss_top:.2f} (on random heads:
-{ss_random:.2f}); focus directions learned without labels lift it to {best_acc:.2f} at
+{ss_random:.2f}); focus directions, which need no labels at inference, lift it to
+{best_acc:.2f} at
 alpha {t["best_alpha"]}, and negative alphas lower it ({worst_acc:.2f} at alpha {worst_alpha}).
 The directions gain less than the oracle, and the card's acceptance criteria are not all
 met: see the end of the card, and "What was tried" for why, measured. It ships with
