@@ -92,6 +92,63 @@ class HeadExperiment:
             )
         return float(row.accuracy.iloc[0]), int(row.n.iloc[0])
 
+    def compare(self, tau: float | None = None, confidence: float = 0.95) -> pd.DataFrame:
+        """Each top-k run against the baseline and against every random-k run of the same k,
+        prompt by prompt (all runs answer the same prompts).
+
+        Args:
+            tau: The split-softmax tau (default: the smallest run).
+            confidence: Level of the paired interval on the difference.
+
+        Returns:
+            One row per comparison: ``k``, ``tau``, ``versus`` (``"baseline"`` or
+            ``"random_k seed S"``), ``accuracy`` (top-k), ``reference``, ``difference``
+            with its paired interval ``low``/``high``
+            (:func:`~focuslens.evaluation.curves.paired_difference_interval`), ``fixed``
+            and ``broken`` (prompts right only under top-k, only under the reference) and
+            the exact McNemar ``p_value``.
+        """
+        from focuslens.evaluation.curves import paired_comparison, paired_difference_interval
+
+        ex = self.examples
+        taus = sorted(ex.tau.dropna().unique())
+        if not taus:
+            raise ValueError("no split-softmax run in this experiment")
+        tau = taus[0] if tau is None else tau
+        if tau not in taus:
+            raise ValueError(f"no run at tau={tau}; taus here: {taus}")
+        at = ex[ex.tau == tau]
+        base = ex[ex.condition == "baseline"]
+        rows = []
+        for k, top in at[at.condition == "top_k"].groupby("k", sort=True):
+            randoms = at[(at.condition == "random_k") & (at.k == k)]
+            refs = [("baseline", base)] + [
+                (f"random_k seed {seed}", group) for seed, group in randoms.groupby("seed")
+            ]
+            for name, ref in refs:
+                paired = paired_comparison(top, ref)
+                if paired is None:
+                    raise ValueError(f"top_k k={k} and {name} did not answer the same prompts")
+                low, high = paired_difference_interval(
+                    paired["fixed"], paired["broken"], paired["n"], confidence
+                )
+                rows.append(
+                    {
+                        "k": int(k),
+                        "tau": float(tau),
+                        "versus": name,
+                        "accuracy": float(top.correct.mean()),
+                        "reference": float(ref.correct.mean()),
+                        "difference": paired["difference"],
+                        "low": low,
+                        "high": high,
+                        "fixed": paired["fixed"],
+                        "broken": paired["broken"],
+                        "p_value": paired["p_value"],
+                    }
+                )
+        return pd.DataFrame(rows)
+
     def curves(self, tau: float | None = None) -> pd.DataFrame:
         """Accuracy against k per series (top-k, random pooled over seeds, many) at one tau."""
         taus = sorted(self.frame.tau.dropna().unique())

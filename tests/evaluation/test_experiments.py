@@ -136,3 +136,38 @@ def test_seed_and_no_many_condition(setup):
     assert control.seed == 3 and control.heads == str(random_control(top2, model, seed=3))
     with pytest.raises(ValueError, match="many must be"):
         contextual_head_experiment(model, prompts, ks=[1], scores=exp.scores, many=-1)
+
+
+@pytest.mark.slow
+def test_compare_pairs_top_k_with_baseline_and_random_runs():
+    """On the demo model (where the runs differ), ``compare`` counts, prompt by prompt, the
+    prompts each run gets right and its reference wrong; checked here from the examples."""
+    from focuslens.demo import DISTRACTING_DOCS, load_demo_model
+    from focuslens.evaluation.curves import mcnemar_exact
+    from focuslens.tasks import synthetic_retrieval
+
+    model = load_demo_model()
+    prompts = synthetic_retrieval(16, n_documents=DISTRACTING_DOCS, seed=11)
+    train = synthetic_retrieval(8, n_documents=DISTRACTING_DOCS, seed=12)
+    exp = contextual_head_experiment(
+        model, prompts, ks=[3], taus=[0.1], score_prompts=train, n_random=2, many=None
+    )
+    table = exp.compare()
+    assert list(table.versus) == ["baseline", "random_k seed 0", "random_k seed 1"]
+    ex = exp.examples
+    top = ex[ex.condition == "top_k"].set_index("example").correct
+    refs = {
+        "baseline": ex[ex.condition == "baseline"],
+        "random_k seed 0": ex[(ex.condition == "random_k") & (ex.seed == 0)],
+        "random_k seed 1": ex[(ex.condition == "random_k") & (ex.seed == 1)],
+    }
+    for _, row in table.iterrows():
+        ref = refs[row.versus].set_index("example").correct.reindex(top.index)
+        fixed, broken = int((top & ~ref).sum()), int((~top & ref).sum())
+        assert (row.fixed, row.broken) == (fixed, broken), row.versus
+        assert row.difference == pytest.approx((fixed - broken) / len(top))
+        assert row.p_value == pytest.approx(mcnemar_exact(fixed, broken))
+        assert row.low <= row.difference <= row.high
+    assert (table.fixed + table.broken).sum() > 0  # the runs do differ here
+    with pytest.raises(ValueError, match="no run at tau=0.5"):
+        exp.compare(tau=0.5)
