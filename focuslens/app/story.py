@@ -137,7 +137,10 @@ def compare(frame: pd.DataFrame, base: pd.DataFrame) -> str:
     right and the other wrong, at :data:`SIGNIFICANCE`. Otherwise (pooled random-head
     sets, other prompts) the 95 % Wilson intervals of the two accuracies must not overlap.
     """
-    paired = paired_comparison(frame, base)
+    return _verdict(frame, base, paired_comparison(frame, base))
+
+
+def _verdict(frame: pd.DataFrame, base: pd.DataFrame, paired: dict[str, Any] | None) -> str:
     if paired is not None:
         if paired["p_value"] >= SIGNIFICANCE or paired["fixed"] == paired["broken"]:
             return "within noise of"
@@ -152,9 +155,9 @@ def compare(frame: pd.DataFrame, base: pd.DataFrame) -> str:
 
 
 def _versus(name: str, frame: pd.DataFrame, base: pd.DataFrame) -> tuple[str, str]:
-    word = compare(frame, base)
-    text = f"{name}: {_acc(frame):.2f}, {word} the baseline ({_acc(base):.2f}"
     paired = paired_comparison(frame, base)
+    word = _verdict(frame, base, paired)
+    text = f"{name}: {_acc(frame):.2f}, {word} the baseline ({_acc(base):.2f}"
     if paired is not None:
         text += (
             f"; on the same {paired['n']} prompts it gets {paired['fixed']} right that the "

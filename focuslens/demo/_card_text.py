@@ -44,16 +44,6 @@ def _fmt(x: Any, spec: str = ".2f") -> str:
     return format(x, spec) if isinstance(x, float) else str(x)
 
 
-def _acc(table: dict[str, Any], condition: str, heads: str = "", setting: str = "") -> float:
-    """Accuracy on present keys of one row of a method table (the first that matches)."""
-    for r in table["rows"]:
-        if (r["condition"], r["heads"], r["prompts"]) == (condition, heads, "present") and (
-            not setting or r["setting"] == setting
-        ):
-            return r["accuracy"]
-    raise KeyError(f"no row {condition}/{heads}/{setting} in the method table")
-
-
 def _stages_md(stages: list[dict[str, Any]]) -> str:
     lines = [
         "| stage | answer | documents | absent keys | near misses | steps | lr | warm-up | head penalty | next-token loss |",
@@ -89,22 +79,15 @@ def render_card(
     dd = m["settings"]["distracting_docs"]
     rows = {row["n_documents"]: row for row in m["accuracy"]}
     t = m["method"]
-    base = _acc(t, "baseline")
-    base_lo, base_hi = next(
-        (r["lo"], r["hi"])
-        for r in t["rows"]
-        if r["condition"] == "baseline" and r["prompts"] == "present"
-    )
-    ss_top = _acc(t, "split_softmax", "top")
-    ss_random = _acc(t, "split_softmax", "random")
-    steering = {
-        r["setting"].removeprefix("alpha="): r["accuracy"]
-        for r in t["rows"]
-        if r["condition"] == "steering" and r["heads"] == "top" and r["prompts"] == "present"
-    }
-    best_acc = steering[str(t["best_alpha"])]
-    worst_alpha = min((a for a in steering if a != "auto"), key=float)
-    worst_acc = steering[worst_alpha]
+    from focuslens.demo.card import CARD_ALPHAS, _row
+
+    baseline = _row(t, "baseline")
+    base, base_lo, base_hi = baseline["accuracy"], baseline["lo"], baseline["hi"]
+    ss_top = _row(t, "split_softmax", "top", "tau=0.1")["accuracy"]
+    ss_random = _row(t, "split_softmax", "random", "tau=0.1")["accuracy"]
+    best_acc = _row(t, "steering", "top", f"alpha={t['best_alpha']}")["accuracy"]
+    worst_alpha = min(a for a in CARD_ALPHAS if a != "auto")
+    worst_acc = _row(t, "steering", "top", f"alpha={worst_alpha}")["accuracy"]
     top_names = ", ".join(f"L{layer}H{head}" for layer, head in t["top"])
     arch = ", ".join(
         f"{k}={config[k]}"

@@ -159,10 +159,10 @@ class EvalResult:
         Raises:
             ValueError: When the two do not hold the same examples.
         """
-        from focuslens.evaluation.curves import paired_comparison, paired_difference_interval
+        from focuslens.evaluation.curves import paired_summary
 
         mine, theirs = self.frame, other.frame
-        paired = paired_comparison(mine, theirs)
+        paired = paired_summary(mine, theirs, confidence)
         if paired is None:
             raise ValueError(
                 f"compare needs the same examples on both sides (one example id each): "
@@ -178,19 +178,11 @@ class EvalResult:
                     f"compare needs the same examples on both sides, but the gold answers "
                     f"of examples {differ[:5]} differ: these are other prompts"
                 )
-        low, high = paired_difference_interval(
-            paired["fixed"], paired["broken"], paired["n"], confidence
-        )
         return {
             "n": paired["n"],
             "accuracy": self.accuracy,
             "other_accuracy": other.accuracy,
-            "difference": paired["difference"],
-            "low": low,
-            "high": high,
-            "fixed": paired["fixed"],
-            "broken": paired["broken"],
-            "p_value": paired["p_value"],
+            **{k: paired[k] for k in ("difference", "low", "high", "fixed", "broken", "p_value")},
         }
 
     def __repr__(self) -> str:

@@ -143,6 +143,20 @@ def paired_comparison(frame: Any, base: Any, key: str = "example") -> dict[str, 
     }
 
 
+def paired_summary(
+    frame: Any, base: Any, confidence: float = 0.95, key: str = "example"
+) -> dict[str, Any] | None:
+    """:func:`paired_comparison` plus the paired interval on the difference (``low``,
+    ``high``; :func:`paired_difference_interval`); None when the prompts differ."""
+    paired = paired_comparison(frame, base, key=key)
+    if paired is None:
+        return None
+    low, high = paired_difference_interval(
+        paired["fixed"], paired["broken"], paired["n"], confidence
+    )
+    return {**paired, "low": low, "high": high}
+
+
 def _frame_of(value: Any) -> pd.DataFrame | None:
     """The per-example frame of an EvalResult or DataFrame, else None."""
     if isinstance(value, pd.DataFrame):
@@ -314,5 +328,6 @@ __all__ = [
     "mcnemar_exact",
     "paired_comparison",
     "paired_difference_interval",
+    "paired_summary",
     "wilson_interval",
 ]

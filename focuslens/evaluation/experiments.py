@@ -108,7 +108,7 @@ class HeadExperiment:
             and ``broken`` (prompts right only under top-k, only under the reference) and
             the exact McNemar ``p_value``.
         """
-        from focuslens.evaluation.curves import paired_comparison, paired_difference_interval
+        from focuslens.evaluation.curves import paired_summary
 
         ex = self.examples
         taus = sorted(ex.tau.dropna().unique())
@@ -126,12 +126,9 @@ class HeadExperiment:
                 (f"random_k seed {seed}", group) for seed, group in randoms.groupby("seed")
             ]
             for name, ref in refs:
-                paired = paired_comparison(top, ref)
+                paired = paired_summary(top, ref, confidence)
                 if paired is None:
                     raise ValueError(f"top_k k={k} and {name} did not answer the same prompts")
-                low, high = paired_difference_interval(
-                    paired["fixed"], paired["broken"], paired["n"], confidence
-                )
                 rows.append(
                     {
                         "k": int(k),
@@ -139,12 +136,10 @@ class HeadExperiment:
                         "versus": name,
                         "accuracy": float(top.correct.mean()),
                         "reference": float(ref.correct.mean()),
-                        "difference": paired["difference"],
-                        "low": low,
-                        "high": high,
-                        "fixed": paired["fixed"],
-                        "broken": paired["broken"],
-                        "p_value": paired["p_value"],
+                        **{
+                            c: paired[c]
+                            for c in ("difference", "low", "high", "fixed", "broken", "p_value")
+                        },
                     }
                 )
         return pd.DataFrame(rows)
