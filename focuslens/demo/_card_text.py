@@ -70,6 +70,7 @@ def render_card(
     heads_4_md: str,
     by_position_md: str,
     method_md: str,
+    method_numbers: dict[str, Any],
     extra_md: list[tuple[str, str]],
     criteria_md: str,
 ) -> str:
@@ -79,15 +80,10 @@ def render_card(
     dd = m["settings"]["distracting_docs"]
     rows = {row["n_documents"]: row for row in m["accuracy"]}
     t = m["method"]
-    from focuslens.demo.card import CARD_ALPHAS, _row
-
-    baseline = _row(t, "baseline")
-    base, base_lo, base_hi = baseline["accuracy"], baseline["lo"], baseline["hi"]
-    ss_top = _row(t, "split_softmax", "top", "tau=0.1")["accuracy"]
-    ss_random = _row(t, "split_softmax", "random", "tau=0.1")["accuracy"]
-    best_acc = _row(t, "steering", "top", f"alpha={t['best_alpha']}")["accuracy"]
-    worst_alpha = min(a for a in CARD_ALPHAS if a != "auto")
-    worst_acc = _row(t, "steering", "top", f"alpha={worst_alpha}")["accuracy"]
+    n = method_numbers
+    base, base_lo, base_hi = n["base"], n["base_lo"], n["base_hi"]
+    ss_top, ss_random = n["ss_top"], n["ss_random"]
+    best_acc, worst_alpha, worst_acc = n["best_acc"], n["worst_alpha"], n["worst_acc"]
     top_names = ", ".join(f"L{layer}H{head}" for layer, head in t["top"])
     arch = ", ".join(
         f"{k}={config[k]}"

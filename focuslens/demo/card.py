@@ -438,6 +438,22 @@ def _heads_md(records: list[dict]) -> str:
     return _md(frame)
 
 
+def _method_numbers(t: dict[str, Any]) -> dict[str, Any]:
+    """The method table's numbers that the card's prose quotes."""
+    baseline = _row(t, "baseline")
+    worst_alpha = min(a for a in CARD_ALPHAS if a != "auto")
+    return {
+        "base": baseline["accuracy"],
+        "base_lo": baseline["lo"],
+        "base_hi": baseline["hi"],
+        "ss_top": _row(t, "split_softmax", "top", "tau=0.1")["accuracy"],
+        "ss_random": _row(t, "split_softmax", "random", "tau=0.1")["accuracy"],
+        "best_acc": _row(t, "steering", "top", f"alpha={t['best_alpha']}")["accuracy"],
+        "worst_alpha": worst_alpha,
+        "worst_acc": _row(t, "steering", "top", f"alpha={worst_alpha}")["accuracy"],
+    }
+
+
 def render(folder: Path, m: dict[str, Any]) -> str:
     """The text of ``MODEL_CARD.md`` from the training record and the measurements."""
     from focuslens.demo._card_text import render_card
@@ -467,6 +483,7 @@ def render(folder: Path, m: dict[str, Any]) -> str:
         heads_4_md=_heads_md(m["heads_4"]),
         by_position_md=_md(pd.DataFrame(m["by_gold_position"])),
         method_md=method_md(m["method"]),
+        method_numbers=_method_numbers(m["method"]),
         extra_md=extra,
         criteria_md=_md(crit, floatfmt="+.2f"),
     )
