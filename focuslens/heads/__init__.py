@@ -19,11 +19,13 @@ Selecting and comparing heads:
   scores or ablation effects.
 
 :class:`HeadScores` is the result type of per-head analyses that give one number per
-head (retrieval-head scores, ablation effects): a ``[n_layers, n_heads]`` table with
-optional per-example values, ``to_dataframe()`` and a heatmap ``figure()``.
+head (retrieval-head scores, ablation and patching effects): a ``[n_layers, n_heads]``
+table with optional per-example values, ``to_dataframe()``, a heatmap ``figure()`` and
+bootstrap intervals over examples, ``ci()`` (:func:`bootstrap_ci`).
 """
 
 from focuslens.heads.compare import jaccard, rank_correlation
+from focuslens.heads.intervals import bootstrap_ci
 from focuslens.heads.ranking import (
     as_table,
     head_shape,
@@ -43,6 +45,7 @@ __all__ = [
     "HeadScores",
     "HeadSet",
     "as_table",
+    "bootstrap_ci",
     "head_shape",
     "jaccard",
     "random_control",

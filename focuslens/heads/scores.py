@@ -7,6 +7,7 @@ from typing import Any
 
 import torch
 
+from focuslens.heads.intervals import bootstrap_ci
 from focuslens.heads.ranking import ranked_top
 from focuslens.typing import HeadTable, PerExampleHeadTable
 
@@ -51,31 +52,57 @@ class HeadScores:
         """The ``k`` best heads, best first; raises when fewer than ``k`` have a value."""
         return ranked_top(self.values, k, largest=largest)
 
-    def to_dataframe(self) -> Any:
-        """Long format: one row per head, columns ``layer``, ``head``, ``<name>``."""
+    def ci(
+        self, level: float = 0.95, *, n_boot: int = 2000, seed: int = 0, method: str = "BCa"
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Bootstrap confidence interval, over examples, of each head's mean value
+        (:func:`focuslens.heads.bootstrap_ci`): ``(low, high)``, each ``[n_layers,
+        n_heads]``; NaN for heads not measured."""
+        if self.per_example is None:
+            raise ValueError(
+                f"this {type(self).__name__} has no per-example values, so no interval over "
+                "examples can be computed"
+            )
+        return bootstrap_ci(self.per_example, level=level, n_boot=n_boot, seed=seed, method=method)
+
+    def to_dataframe(self, *, level: float | None = None, **ci_kwargs: Any) -> Any:
+        """Long format: one row per head, columns ``layer``, ``head``, ``<name>``; with
+        ``level`` (e.g. ``0.95``) also ``low`` and ``high``, the bootstrap interval
+        (:meth:`ci`, with ``ci_kwargs``)."""
         import pandas as pd
 
         t = self.values.detach().float().cpu()
-        rows = [
-            {"layer": l, "head": h, self.name: float(t[l, h])}
-            for l in range(self.n_layers)
-            for h in range(self.n_heads)
-        ]
+        low = high = None
+        if level is not None:
+            low, high = self.ci(level, **ci_kwargs)
+        rows = []
+        for l in range(self.n_layers):
+            for h in range(self.n_heads):
+                row = {"layer": l, "head": h, self.name: float(t[l, h])}
+                if low is not None:
+                    row["low"], row["high"] = float(low[l, h]), float(high[l, h])
+                rows.append(row)
         return pd.DataFrame(rows)
 
-    def figure(self, *, top_k: int = 5, title: str | None = None) -> Any:
+    def figure(self, *, top_k: int = 5, title: str | None = None, ci: float | None = None) -> Any:
         """A layer x head heatmap (plotly ``go.Figure``), the ``top_k`` heads marked.
 
         Signed values (ablation effects) use :func:`focuslens.plots.head_effects`
         (red-blue centred at 0, heads ranked by absolute value); non-negative ones
-        :func:`focuslens.plots.head_scores`.
+        :func:`focuslens.plots.head_scores`. ``ci=0.95`` puts each head's bootstrap
+        interval (:meth:`ci`) in its hover text.
         """
         from focuslens import plots
 
+        interval = None if ci is None else self.ci(ci)
         finite = self.values[~torch.isnan(self.values)]
         if finite.numel() and bool(finite.min() < 0):
-            return plots.head_effects(self.values, top_k=top_k, label=self.name, title=title)
-        return plots.head_scores({self.name: self.values}, kind=self.name, top_k=top_k, title=title)
+            return plots.head_effects(
+                self.values, top_k=top_k, label=self.name, title=title, ci=interval
+            )
+        return plots.head_scores(
+            {self.name: self.values}, kind=self.name, top_k=top_k, title=title, ci=interval
+        )
 
 
 __all__ = [

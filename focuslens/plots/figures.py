@@ -63,6 +63,7 @@ def head_scores(
     *,
     top_k: int = 5,
     title: str | None = None,
+    ci: Any = None,
 ) -> go.Figure:
     """Layer x head heatmap(s) of contextual scores, the top-k heads marked.
 
@@ -70,14 +71,19 @@ def head_scores(
         scores: A :class:`focuslens.ContextualScores` (or anything indexable by kind
             giving ``[n_layers, n_heads]`` tensors or arrays, e.g. ``{"relevant":
             scores.relevant, "gold prompt": gold.relevant}``).
-        kind: One kind, or several drawn side by side with a shared colour scale.
+        kind: One kind or named span, or several drawn side by side with a shared
+            colour scale.
         top_k: How many of the best heads of each panel to mark.
         title: Figure title.
+        ci: Intervals shown in each head's hover text: a level such as ``0.95`` (then
+            ``scores.ci(kind, level=...)`` computes them), a ``(low, high)`` pair of
+            tables (one panel), or ``{kind: (low, high)}``.
     """
     kinds = [kind] if isinstance(kind, str) else list(kind)
     if not kinds:
         raise ValueError("kind must name at least one score kind")
     tables = [_as_table(scores[k], k) for k in kinds]
+    intervals = _intervals(ci, kinds, scores)
     zmax = max(float(t.nan_to_num(0).max()) for t in tables)
     fig = make_subplots(rows=1, cols=len(kinds), subplot_titles=kinds, shared_yaxes=True)
     for col, (name, table) in enumerate(zip(kinds, tables), start=1):
@@ -92,6 +98,7 @@ def head_scores(
             colorscale="Viridis",
             show_scale=col == len(kinds),
             colorbar_title="attention mass",
+            interval=intervals.get(name),
         )
     fig.update_yaxes(title_text="layer", row=1, col=1, autorange="reversed")
     fig.update_layout(title=title or "Contextual scores per head", template="plotly_white")
@@ -108,12 +115,23 @@ def _add_head_heatmap(
     rank_by: torch.Tensor | None = None,
     show_scale: bool,
     colorbar_title: str,
+    interval: tuple[torch.Tensor, torch.Tensor] | None = None,
     **heat: Any,
 ) -> None:
     n_layers, n_heads = table.shape
     by = rank_by if rank_by is not None else table
     order = ranks(by)
     text = [[f"rank {int(order[l, h])}" for h in range(n_heads)] for l in range(n_layers)]
+    if interval is not None:
+        low, high = (_as_table(t, f"{name} interval") for t in interval)
+        if low.shape != table.shape or high.shape != table.shape:
+            raise ValueError(
+                f"the interval of {name!r} has shapes {tuple(low.shape)} and "
+                f"{tuple(high.shape)}, expected {tuple(table.shape)}"
+            )
+        for l in range(n_layers):
+            for h in range(n_heads):
+                text[l][h] += f"<br>interval [{float(low[l, h]):.4f}, {float(high[l, h]):.4f}]"
     fig.add_trace(
         go.Heatmap(
             z=table.tolist(),
@@ -156,6 +174,7 @@ def head_effects(
     top_k: int = 5,
     label: str = "effect",
     title: str | None = None,
+    ci: Any = None,
 ) -> go.Figure:
     """Layer x head heatmap(s) of a signed per-head effect (ablation, attribution).
 
@@ -169,11 +188,16 @@ def head_effects(
         top_k: How many heads to mark per panel.
         label: The colour bar's title (e.g. ``"change in log p(answer)"``).
         title: Figure title.
+        ci: Intervals shown in each head's hover text: a ``(low, high)`` pair of tables
+            (one panel) or ``{name: (low, high)}``; a level such as ``0.95`` when the
+            panels are :class:`~focuslens.HeadScores` with per-example values.
     """
     if not isinstance(effects, Mapping):
         effects = {label: effects}
     if not effects:
         raise ValueError("effects is empty; give a table or {name: table}")
+    intervals = _intervals(ci, list(effects), effects)
+    effects = {name: t.values if hasattr(t, "per_example") else t for name, t in effects.items()}
     tables = {name: _as_table(t, name) for name, t in effects.items()}
     bound = max(float(t.abs().nan_to_num(0).max()) for t in tables.values()) or 1.0
     fig = make_subplots(rows=1, cols=len(tables), subplot_titles=list(tables), shared_yaxes=True)
@@ -191,10 +215,46 @@ def head_effects(
             colorscale="RdBu_r",
             show_scale=col == len(tables),
             colorbar_title=label,
+            interval=intervals.get(name),
         )
     fig.update_yaxes(title_text="layer", row=1, col=1, autorange="reversed")
     fig.update_layout(title=title or f"Per-head {label}", template="plotly_white")
     return fig
+
+
+def _intervals(ci: Any, names: list[str], source: Any) -> dict[str, Any]:
+    """``{panel name: (low, high)}`` from the ``ci`` argument of the head heatmaps."""
+    if ci is None:
+        return {}
+    if isinstance(ci, float):
+        out = {}
+        for name in names:
+            item = source[name]
+            if hasattr(source, "ci") and not hasattr(item, "ci"):
+                out[name] = source.ci(name, level=ci)
+            elif hasattr(item, "ci"):
+                out[name] = item.ci(ci)
+            else:
+                raise ValueError(
+                    f"ci={ci} needs per-example values to compute intervals, but panel "
+                    f"{name!r} is a plain table; pass (low, high) tables instead"
+                )
+        return out
+    if isinstance(ci, Mapping):
+        unknown = [n for n in ci if n not in names]
+        if unknown:
+            raise ValueError(f"ci names panels {unknown} that are not drawn ({names})")
+        return dict(ci)
+    if isinstance(ci, (tuple, list)) and len(ci) == 2:
+        if len(names) != 1:
+            raise ValueError(
+                f"one (low, high) pair for {len(names)} panels; give {{panel: (low, high)}}"
+            )
+        return {names[0]: tuple(ci)}
+    raise ValueError(
+        f"ci must be a level such as 0.95, a (low, high) pair or {{panel: (low, high)}}, got "
+        f"{type(ci).__name__}"
+    )
 
 
 # ---------------------------------------------------------------------- sweeps

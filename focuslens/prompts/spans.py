@@ -51,6 +51,10 @@ def preview(text: str, n: int = 80) -> str:
     return short + ("..." if len(text) > n else "")
 
 
+RESERVED_SPAN_NAMES = ("relevant", "distractors", "distractor_max", "sink", "other")
+"""Names a named span cannot take: the score kinds every prompt has."""
+
+
 def _span(name: str, span: Any) -> tuple:
     """A span as a tuple; refuses what is not a pair of ints (a bool is not an int here)."""
     if isinstance(span, (str, bytes)) or not isinstance(span, Iterable):
@@ -74,6 +78,7 @@ class _Parts:
     separator: str
     prefix_format: str | None
     wrap: Callable[[str], str] | None
+    named: tuple[tuple[str, str, int, int], ...] = ()  # (name, "header" | "footer", start, end)
 
 
 @dataclass(frozen=True)
@@ -88,6 +93,12 @@ class LabeledPrompt:
         answers: The gold answer strings.
         response: Optional text that follows the prompt (teacher forcing); its tokens
             are the query rows of ``contextual_scores(query="response")``.
+        spans: Named character spans: ``{"question": (s, e), "instructions": [(s, e),
+            ...]}`` (a span or a list of spans each). Every contextual score also gives
+            the attention mass on each of them (:meth:`ContextualScores.mass
+            <focuslens.ContextualScores.mass>`). They may overlap each other and the
+            documents; stored as ``{name: tuple of spans}``.
+            :meth:`from_documents` names the ``"instruction"`` and the ``"question"``.
 
     Example:
         >>> p = LabeledPrompt.from_documents(
@@ -98,6 +109,8 @@ class LabeledPrompt:
         '(Title: Hamlet) A play by Shakespeare.'
         >>> len(p.gold_only().distractors), len(p.distractors_only().distractors)
         (0, 1)
+        >>> [p.text[s:e] for s, e in p.spans["question"]]
+        ['Who wrote Hamlet?']
     """
 
     text: str
@@ -106,6 +119,7 @@ class LabeledPrompt:
     answers: list[str]
     response: str | None = None
     meta: dict[str, Any] = field(default_factory=dict, compare=False)
+    spans: dict[str, Any] = field(default_factory=dict)
     _parts: _Parts | None = field(default=None, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -139,12 +153,53 @@ class LabeledPrompt:
                     f"{name} span {span} is out of range for a prompt of {len(self.text)} "
                     f"characters ({preview(self.text)!r})"
                 )
+        object.__setattr__(self, "spans", self._named_spans(self.spans))
         ordered = sorted(labelled, key=lambda item: item[1])
         for (n1, s1), (n2, s2) in zip(ordered, ordered[1:]):
             if s2[0] < s1[1]:
                 raise ValueError(
                     f"{n1} span {s1} overlaps {n2} span {s2} in prompt {preview(self.text)!r}"
                 )
+
+    def _named_spans(self, spans: Any) -> dict[str, tuple[tuple[int, int], ...]]:
+        """``spans`` checked and normalised to ``{name: tuple of (start, end)}``."""
+        if spans is None:
+            return {}
+        if not isinstance(spans, dict):
+            raise ValueError(
+                f"spans must be a dict {{name: span or list of spans}}, got {type(spans).__name__}"
+            )
+        out = {}
+        for name, value in spans.items():
+            if not isinstance(name, str) or not name:
+                raise ValueError(f"span names must be non-empty strings, got {name!r}")
+            if name in RESERVED_SPAN_NAMES:
+                raise ValueError(
+                    f"span name {name!r} is taken by a score kind; reserved names: "
+                    f"{RESERVED_SPAN_NAMES}"
+                )
+            many = (
+                isinstance(value, (list, tuple))
+                and len(value) > 0
+                and all(isinstance(v, (list, tuple)) for v in value)
+            )
+            items = (
+                [_span(f"span {name!r}", v) for v in value]
+                if many
+                else [_span(f"span {name!r}", value)]
+            )
+            for start, end in items:
+                if start >= end:
+                    raise ValueError(
+                        f"span {name!r} {(start, end)} is empty in prompt {preview(self.text)!r}"
+                    )
+                if start < 0 or end > len(self.text):
+                    raise ValueError(
+                        f"span {name!r} {(start, end)} is out of range for a prompt of "
+                        f"{len(self.text)} characters ({preview(self.text)!r})"
+                    )
+            out[name] = tuple(sorted(items))
+        return out
 
     # ------------------------------------------------------------------ builders
     @classmethod
@@ -191,17 +246,25 @@ class LabeledPrompt:
             bodies.append(doc_body.format(title=title, text=body_text))
         prefixes = [doc_prefix.format(i=i + 1) for i in range(len(bodies))]
         wrap = _chat_wrapper(chat_template) if chat_template is not None else None
+        footer = f"\n\nQuestion: {question}\nAnswer:"
+        q_start = len("\n\nQuestion: ")
+        named = []
+        if instruction:
+            named.append(("instruction", "header", 0, len(instruction)))
+        if question:
+            named.append(("question", "footer", q_start, q_start + len(question)))
         return assemble(
             header=f"{instruction}\n\n",
             prefixes=prefixes,
             bodies=bodies,
             gold_index=gold_index,
-            footer=f"\n\nQuestion: {question}\nAnswer:",
+            footer=footer,
             answers=answers,
             separator=separator,
             prefix_format=doc_prefix,
             wrap=wrap,
             response=response,
+            named=named,
         )
 
     def _variant(self, keep: Callable[[int], bool], gold: bool) -> LabeledPrompt:
@@ -211,6 +274,13 @@ class LabeledPrompt:
                 "this LabeledPrompt was not built from documents (LabeledPrompt.from_documents "
                 "or focuslens.prompts.spans.assemble), so its gold-only and distractors-only variants "
                 "cannot be rebuilt"
+            )
+        placed = {name for name, *_ in parts.named}
+        lost = [name for name in self.spans if name not in placed]
+        if lost:
+            raise ValueError(
+                f"the named span(s) {lost} were not given to assemble(named=...), so the "
+                "gold-only and distractors-only variants cannot place them"
             )
         idx = [i for i in range(len(parts.bodies)) if keep(i)]
         new_gold = idx.index(parts.gold_index) if gold and parts.gold_index in idx else None
@@ -229,6 +299,7 @@ class LabeledPrompt:
             prefix_format=parts.prefix_format,
             wrap=parts.wrap,
             response=self.response,
+            named=parts.named,
             meta=self._variant_meta(
                 len(idx), new_gold, "gold_only" if gold else "distractors_only"
             ),
@@ -256,11 +327,13 @@ class LabeledPrompt:
 
     def layout(self) -> dict[str, Any] | None:
         """How the prompt was assembled from documents, as plain JSON values, or ``None``
-        when it was not assembled from documents or wraps a chat template function (which
-        JSON cannot hold). :func:`assemble` rebuilds the prompt from it."""
+        when it was not assembled from documents, wraps a chat template function (which
+        JSON cannot hold) or has named spans that were not given to :func:`assemble`. :func:`assemble` rebuilds the prompt from it."""
         parts = self._parts
         if parts is None or parts.wrap is not None:
             return None
+        if set(self.spans) - {name for name, *_ in parts.named}:
+            return None  # named spans the layout cannot place: keep the labelled form
         return {
             "header": parts.header,
             "prefixes": list(parts.prefixes),
@@ -269,6 +342,7 @@ class LabeledPrompt:
             "footer": parts.footer,
             "separator": parts.separator,
             "prefix_format": parts.prefix_format,
+            "named": [list(n) for n in parts.named],
         }
 
     def gold_only(self) -> LabeledPrompt:
@@ -323,12 +397,18 @@ def assemble(
     wrap: Callable[[str], str] | None = None,
     response: str | None = None,
     meta: dict[str, Any] | None = None,
+    named: Sequence[Sequence[Any]] = (),
 ) -> LabeledPrompt:
     """Join documents into a prompt and record the exact span of each body.
 
     The prompt is ``header + sep.join(prefix_i + body_i) + footer``, optionally passed
     through ``wrap`` (a chat template), which must contain the joined text verbatim.
     Spans cover the bodies; the prefixes lie outside them.
+
+    ``named`` gives named spans inside the header or the footer, as ``(name, "header" |
+    "footer", start, end)`` with offsets into that part; they become the prompt's
+    ``spans`` and follow it into its gold-only and distractors-only variants. A name
+    given several times is a list of spans.
     """
     if len(prefixes) != len(bodies):
         raise ValueError(f"{len(prefixes)} prefixes for {len(bodies)} documents")
@@ -356,6 +436,12 @@ def assemble(
                 f"{preview(text)!r}"
             )
     spans = [(s + offset, e + offset) for s, e in spans]
+    named = tuple(_named_part(n, header, footer) for n in named)
+    footer_start = offset + len(inner) - len(footer)
+    named_spans: dict[str, list[tuple[int, int]]] = {}
+    for name, where, start, end in named:
+        base = offset if where == "header" else footer_start
+        named_spans.setdefault(name, []).append((base + start, base + end))
     relevant = spans[gold_index] if gold_index is not None else None
     distractors = [s for i, s in enumerate(spans) if i != gold_index]
     parts = _Parts(
@@ -367,6 +453,7 @@ def assemble(
         separator=separator,
         prefix_format=prefix_format,
         wrap=wrap,
+        named=named,
     )
     return LabeledPrompt(
         text=text,
@@ -375,11 +462,32 @@ def assemble(
         answers=list(answers),
         response=response,
         meta=dict(meta or {}),
+        spans=named_spans,
         _parts=parts,
     )
 
 
+def _named_part(item: Sequence[Any], header: str, footer: str) -> tuple[str, str, int, int]:
+    """One ``(name, part, start, end)`` of :func:`assemble`'s ``named``, checked."""
+    if len(item) != 4:
+        raise ValueError(f"a named span is (name, 'header' | 'footer', start, end), got {item!r}")
+    name, where, start, end = item
+    parts = {"header": header, "footer": footer}
+    if where not in parts:
+        raise ValueError(
+            f"named span {name!r}: its part must be 'header' or 'footer', got {where!r}"
+        )
+    start, end = _span(f"span {name!r}", (start, end))
+    if not 0 <= start < end <= len(parts[where]):
+        raise ValueError(
+            f"named span {name!r} {(start, end)} does not lie inside the {where} "
+            f"({len(parts[where])} characters)"
+        )
+    return str(name), str(where), start, end
+
+
 __all__ = [
+    "RESERVED_SPAN_NAMES",
     "DEFAULT_DOC_BODY",
     "DEFAULT_DOC_PREFIX",
     "DEFAULT_INSTRUCTION",

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import bisect
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -32,6 +32,7 @@ class TokenizedPrompt:
         relevant: Token span of the relevant document, or ``None``.
         distractors: Token spans of the distractors.
         source: The labelled prompt.
+        spans: Token spans of the prompt's named spans, ``{name: [span, ...]}``.
     """
 
     tokens: torch.Tensor
@@ -39,6 +40,7 @@ class TokenizedPrompt:
     relevant: Span | None
     distractors: list[Span]
     source: LabeledPrompt
+    spans: dict[str, list[Span]] = field(default_factory=dict)
 
     @property
     def n_response(self) -> int:
@@ -195,6 +197,15 @@ def tokenize_prompt(
                 f"the {n1} and {n2} spans in prompt {preview(prompt.text)!r}; put a separator "
                 "between the documents"
             )
+    spans = {
+        name: [
+            char_to_token_span(
+                offsets, s, shift=shift, name=f"span {name!r}", text=prompt.text, index=index
+            )
+            for s in char_spans
+        ]
+        for name, char_spans in prompt.spans.items()
+    }
     n_prompt = len(ids)
     ids = ids + response_ids
     return TokenizedPrompt(
@@ -203,6 +214,7 @@ def tokenize_prompt(
         relevant=relevant,
         distractors=distractors,
         source=prompt,
+        spans=spans,
     )
 
 

@@ -36,7 +36,13 @@ from focuslens.model.prefill import ScoresFrom, check_chunkable, new_cache, run_
 from focuslens.prompts.batch import query_rows
 from focuslens.prompts.spans import LabeledPrompt
 from focuslens.prompts.tokens import TokenizedPrompt
-from focuslens.scores.reduce import FIRST_DISTRACTOR, prepare, reduce_masses
+from focuslens.scores.reduce import (
+    FIRST_DISTRACTOR,
+    named_masks,
+    prepare,
+    reduce_masses,
+    span_names,
+)
 from focuslens.scores.result import ContextualScores
 from focuslens.scores.spanmass import COLLECTORS, resolve_scores_from, span_labels
 from focuslens.typing import Model, QueryRows
@@ -44,9 +50,16 @@ from focuslens.typing import Model, QueryRows
 
 # ------------------------------------------------------------------------ scores
 def _prompt_masses(
-    model: Model, tp: TokenizedPrompt, rows: list[int], sink: int, size: int, route: str
+    model: Model,
+    tp: TokenizedPrompt,
+    rows: list[int],
+    sink: int,
+    size: int,
+    route: str,
+    names: list[str],
 ) -> Tensor:
-    """``[n_layers, n_heads, 3 + n_distractors]`` span masses, averaged over rows."""
+    """``[n_layers, n_heads, 3 + n_distractors + len(names)]`` span masses, averaged over
+    rows (the named spans last)."""
     cache = new_cache(model)
     labels = span_labels(tp, sink)
     collector = COLLECTORS[route](
@@ -56,6 +69,7 @@ def _prompt_masses(
         n_masks=FIRST_DISTRACTOR + len(tp.distractors),
         cache=cache,
         n_total=len(tp),
+        extra=named_masks(tp, names, len(tp)) if names else None,
     )
     with hooks(model, collector.fwd_hooks()):
         run_chunks(model, tp.tokens, size, cache, on_chunk=collector.set_chunk)
@@ -121,6 +135,7 @@ def chunked_contextual_scores(
         require_relevant=require_relevant,
     )
     n_masks = FIRST_DISTRACTOR + max(len(tp.distractors) for tp in tps)
+    names = span_names(tps)
     items: Any = enumerate(tps)
     if progress:
         from tqdm.auto import tqdm
@@ -132,17 +147,21 @@ def chunked_contextual_scores(
             size = resolve_chunk_size(model, len(tp), chunk_size, max_memory)
         except ValueError as exc:
             raise ValueError(f"prompt {idx}: {exc}") from None
-        masses = _prompt_masses(model, tp, query_rows(tp, query), sink, size, route)
-        raw.append(torch.nn.functional.pad(masses, (0, n_masks - masses.shape[-1])))
+        masses = _prompt_masses(model, tp, query_rows(tp, query), sink, size, route, names)
+        own = FIRST_DISTRACTOR + len(tp.distractors)
+        partition = torch.nn.functional.pad(masses[..., :own], (0, n_masks - own))
+        raw.append(torch.cat([partition, masses[..., own:]], dim=-1))
         sizes.append(size)
-    per_example = reduce_masses(torch.stack(raw), tps)
+    per_example = reduce_masses(torch.stack(raw), tps, names)
     meta = {
         "model": getattr(model.cfg, "model_name", None),
         "n_examples": len(tps),
         "chunk_sizes": sizes,
         "scores_from": route,
     }
-    return ContextualScores.from_per_example(per_example, query=query, n_sink=sink, meta=meta)
+    return ContextualScores.from_per_example(
+        per_example, query=query, n_sink=sink, meta=meta, span_names=tuple(names)
+    )
 
 
 __all__ = [

@@ -1,4 +1,5 @@
-"""Contextual scores: how much attention each head gives to the relevant document.
+"""Contextual scores: how much attention each head gives to the relevant document, and to
+every other labelled part of the prompt.
 
 For one example with attention pattern ``A[l, h, i, j]`` (query ``i``, key ``j``)::
 
@@ -6,8 +7,9 @@ For one example with attention pattern ``A[l, h, i, j]`` (query ``i``, key ``j``
 
 with ``S`` the relevant document's tokens (METHOD.md section 2). From the same pass
 come the mass on all distractors (summed), on the largest single distractor, on the
-attention sink (the first ``sink`` positions) and on everything else; each is averaged
-over examples.
+attention sink (the first ``sink`` positions), on everything else, and on each named
+span of the prompts (``LabeledPrompt(spans=...)``: the question, the instructions, ...);
+each is averaged over examples.
 
 Which query rows? (``query=``)
     * ``"response"`` (default, as the authors' code): the response tokens' own
@@ -34,11 +36,11 @@ from focuslens.prompts.batch import batches, pad_token_id
 from focuslens.prompts.spans import LabeledPrompt
 from focuslens.prompts.tokens import TokenizedPrompt
 from focuslens.scores.reduce import (
-    FIRST_DISTRACTOR,
     prepare,
     reduce_hook,
     reduce_masses,
     span_mask_batch,
+    span_names,
 )
 from focuslens.scores.result import ContextualScores
 from focuslens.typing import Model, QueryRows
@@ -117,6 +119,7 @@ def contextual_scores(
     n_layers = model.cfg.n_layers
     device = next(model.parameters()).device
     n_dis_all = max((len(tp.distractors) for tp in tps), default=0)
+    names = span_names(tps)
     results = []
     chunks = batches(tps, batch_size, pad_token_id(model))
     if progress:
@@ -127,7 +130,7 @@ def contextual_scores(
         )
     for _, batch in chunks:
         rows, row_mask = batch.rows(query)
-        masks = span_mask_batch(batch, sink)
+        masks = span_mask_batch(batch, sink, n_dis_all, names)
         per_layer: dict[int, torch.Tensor] = {}
 
         fwd_hooks = layer_hooks(
@@ -142,12 +145,12 @@ def contextual_scores(
                 f"hook_pattern fired for layers {sorted(per_layer)}, expected 0..{n_layers - 1}; "
                 "this backend does not expose attention patterns the way focuslens expects"
             )
-        raw = torch.stack([per_layer[layer] for layer in range(n_layers)], dim=1)
-        pad = FIRST_DISTRACTOR + n_dis_all - raw.shape[-1]
-        results.append(torch.nn.functional.pad(raw, (0, pad)))
-    per_example = reduce_masses(torch.cat(results), tps)
+        results.append(torch.stack([per_layer[layer] for layer in range(n_layers)], dim=1))
+    per_example = reduce_masses(torch.cat(results), tps, names)
     meta = {"model": getattr(model.cfg, "model_name", None), "n_examples": len(tps)}
-    return ContextualScores.from_per_example(per_example, query=query, n_sink=sink, meta=meta)
+    return ContextualScores.from_per_example(
+        per_example, query=query, n_sink=sink, meta=meta, span_names=tuple(names)
+    )
 
 
 __all__ = [

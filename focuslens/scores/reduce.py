@@ -1,6 +1,7 @@
 """Span masks and the in-hook reduction behind every contextual score.
 
-A prompt's 0/1 key masks (relevant, sink, other, each distractor: :func:`span_masks`), and
+A prompt's 0/1 key masks (relevant, sink, other, each distractor: :func:`span_masks`;
+then one per named span, :func:`named_masks`, which may overlap anything), and
 :func:`span_mass`, which reduces an attention pattern to the mass of the query rows
 (:func:`focuslens.prompts.batch.query_rows`) on those masks inside a hook.
 """
@@ -40,6 +41,21 @@ def span_masks(tp: TokenizedPrompt, n_sink: int, length: int, n_distractors: int
     return masks
 
 
+def span_names(tps: list[TokenizedPrompt]) -> list[str]:
+    """The named spans of the prompts, in order of first appearance."""
+    return list(dict.fromkeys(name for tp in tps for name in tp.spans))
+
+
+def named_masks(tp: TokenizedPrompt, names: list[str], length: int) -> torch.Tensor:
+    """``[len(names), length]`` 0/1 key masks of the named spans (0 for a name the prompt
+    lacks; several spans of one name are one mask, each token counted once)."""
+    masks = torch.zeros(len(names), length)
+    for i, name in enumerate(names):
+        for s, e in tp.spans.get(name, ()):
+            masks[i, s:e] = 1
+    return masks
+
+
 def prepare(
     model: Model,
     prompts: Any,
@@ -72,12 +88,19 @@ def prepare(
     return tps
 
 
-def span_mask_batch(batch: PromptBatch, sink: int) -> torch.Tensor:
-    """``[batch, 3 + n_distractors, pos]`` key masks of a padded batch (0 on padding)."""
-    n_dis = max((len(tp.distractors) for tp in batch.prompts), default=0)
-    masks = torch.zeros(batch.size, FIRST_DISTRACTOR + n_dis, batch.length)
+def span_mask_batch(
+    batch: PromptBatch, sink: int, n_distractors: int | None = None, names: list[str] = ()
+) -> torch.Tensor:
+    """``[batch, 3 + n_distractors + len(names), pos]`` key masks of a padded batch (0 on
+    padding): the partition (:func:`span_masks`, ``n_distractors`` rows of distractors,
+    default the batch's most), then the named spans (:func:`named_masks`)."""
+    n_dis = n_distractors
+    if n_dis is None:
+        n_dis = max((len(tp.distractors) for tp in batch.prompts), default=0)
+    masks = torch.zeros(batch.size, FIRST_DISTRACTOR + n_dis + len(names), batch.length)
     for b, tp in enumerate(batch.prompts):
-        masks[b] = span_masks(tp, sink, batch.length, n_dis)
+        masks[b, : FIRST_DISTRACTOR + n_dis] = span_masks(tp, sink, batch.length, n_dis)
+        masks[b, FIRST_DISTRACTOR + n_dis :] = named_masks(tp, list(names), batch.length)
     return masks * batch.real[:, None, :]
 
 
@@ -103,8 +126,19 @@ def span_mass(
     return (mass * weights[:, None, :, None]).sum(2) / weights.sum(1)[:, None, None]
 
 
-def reduce_masses(raw: torch.Tensor, tps: list[TokenizedPrompt]) -> dict[str, torch.Tensor]:
-    """``[n_examples, n_layers, n_heads, n_masks]`` masses -> per-example kind tables."""
+def reduce_masses(
+    raw: torch.Tensor, tps: list[TokenizedPrompt], names: list[str] = ()
+) -> dict[str, torch.Tensor]:
+    """``[n_examples, n_layers, n_heads, n_masks]`` masses -> per-example kind tables.
+
+    The last ``len(names)`` masks are the named spans (NaN for a prompt without the name).
+    """
+    named = {}
+    if names:
+        for i, name in enumerate(names):
+            has = torch.tensor([name in tp.spans for tp in tps])[:, None, None]
+            named[name] = torch.where(has, raw[..., raw.shape[-1] - len(names) + i], torch.nan)
+        raw = raw[..., : raw.shape[-1] - len(names)]
     n_dis = raw.shape[-1] - FIRST_DISTRACTOR
     dis = raw[..., FIRST_DISTRACTOR:]
     has_rel = torch.tensor([tp.relevant is not None for tp in tps])[:, None, None]
@@ -114,6 +148,7 @@ def reduce_masses(raw: torch.Tensor, tps: list[TokenizedPrompt]) -> dict[str, to
         "distractor_max": dis.amax(-1) if n_dis else torch.zeros_like(raw[..., REL]),
         "sink": raw[..., SINK],
         "other": raw[..., OTHER],
+        **named,
     }
 
 

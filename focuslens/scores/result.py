@@ -9,8 +9,9 @@ from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
+from torch import Tensor
 
-from focuslens.heads import ranked_top
+from focuslens.heads import bootstrap_ci, ranked_top
 from focuslens.typing import HeadTable, PerExampleHeadTable
 
 KINDS = ("relevant", "distractors", "distractor_max", "sink", "other")
@@ -27,11 +28,14 @@ class ContextualScores:
         distractor_max: ``[n_layers, n_heads]`` mass on the largest single distractor.
         sink: ``[n_layers, n_heads]`` mass on the first ``sink`` positions.
         other: ``[n_layers, n_heads]`` mass on every other position.
-        per_example: kind -> ``[n_examples, n_layers, n_heads]``. ``relevant`` is NaN
-            for examples without a relevant span; means skip those.
+        per_example: kind (or span name) -> ``[n_examples, n_layers, n_heads]``.
+            ``relevant`` is NaN for examples without a relevant span, a named span's mass
+            for examples without that span; means skip those.
         query: The query-row convention used.
         n_sink: The number of sink positions.
         meta: Free-form provenance (model name, prompt count, ...).
+        span_names: The named spans of the prompts (``LabeledPrompt(spans=...)``), whose
+            masses :meth:`mass` gives like the kinds.
     """
 
     relevant: HeadTable
@@ -43,11 +47,22 @@ class ContextualScores:
     query: str = "response"
     n_sink: int = 2
     meta: dict[str, Any] = field(default_factory=dict)
+    span_names: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         shape = tuple(self.relevant.shape)
         if len(shape) != 2:
             raise ValueError(f"relevant must be [n_layers, n_heads], got shape {shape}")
+        self.span_names = tuple(self.span_names)
+        for name in self.span_names:
+            if name in KINDS:
+                raise ValueError(f"span name {name!r} is taken by a score kind {KINDS}")
+            got = tuple(self.per_example[name].shape) if name in self.per_example else None
+            if got is None or got[1:] != shape:
+                raise ValueError(
+                    f"per_example[{name!r}] has shape {got}, expected [n_examples, {shape[0]}, "
+                    f"{shape[1]}] for the named span {name!r}"
+                )
         for kind in KINDS:
             got = tuple(getattr(self, kind).shape)
             if got != shape:
@@ -78,29 +93,77 @@ class ContextualScores:
     def n_examples(self) -> int:
         return int(self.per_example["relevant"].shape[0])
 
+    @property
+    def names(self) -> tuple[str, ...]:
+        """Every name :meth:`mass` accepts: the score kinds, then the named spans."""
+        return (*KINDS, *self.span_names)
+
     def __getitem__(self, kind: str) -> HeadTable:
-        if kind not in KINDS:
-            raise KeyError(f"unknown score kind {kind!r}; choose from {KINDS}")
-        return getattr(self, kind)
+        return self.mass(kind)
+
+    def mass(self, name: str, *, per_example: bool = False) -> Tensor:
+        """The attention mass on a score kind or a named span.
+
+        Args:
+            name: A kind (``"relevant"``, ``"sink"``, ...) or a named span of the prompts
+                (``"question"``, ...).
+            per_example: Return ``[n_examples, n_layers, n_heads]`` instead of the mean
+                ``[n_layers, n_heads]`` (NaN where an example lacks the span).
+        """
+        if name not in self.names:
+            raise KeyError(
+                f"unknown score kind or span {name!r}; choose from {list(self.names)}"
+                + ("" if self.span_names else " (the prompts had no named spans)")
+            )
+        if per_example:
+            return self.per_example[name]
+        if name in KINDS:
+            return getattr(self, name)
+        return _nanmean(self.per_example[name])
+
+    def ci(
+        self,
+        name: str = "relevant",
+        *,
+        level: float = 0.95,
+        n_boot: int = 2000,
+        seed: int = 0,
+        method: str = "BCa",
+    ) -> tuple[Tensor, Tensor]:
+        """Bootstrap confidence interval, over prompts, of each head's mean mass on
+        ``name`` (:func:`focuslens.heads.bootstrap_ci`): ``(low, high)``, each
+        ``[n_layers, n_heads]``."""
+        return bootstrap_ci(
+            self.mass(name, per_example=True), level=level, n_boot=n_boot, seed=seed, method=method
+        )
 
     def top_heads(self, k: int, by: str = "relevant") -> list[tuple[int, int]]:
-        """The ``k`` best heads by a score kind, best first.
+        """The ``k`` best heads by a score kind or named span, best first.
 
         Ties are broken by (layer, head), ascending, so the order is deterministic. Heads
         without a score (NaN) are never ranked: a ``k`` that would reach one is refused.
         """
         return ranked_top(self[by], k, by=by)
 
-    def to_dataframe(self) -> Any:
-        """Long format: one row per (layer, head, kind) with the mean score."""
+    def to_dataframe(self, *, level: float | None = None, **ci_kwargs: Any) -> Any:
+        """Long format: one row per (layer, head, kind) with the mean score; the named
+        spans follow the kinds. With ``level`` (e.g. ``0.95``), bootstrap interval
+        columns ``low`` and ``high`` (:meth:`ci`, with ``ci_kwargs``)."""
         import pandas as pd
 
-        rows = [
-            {"layer": layer, "head": head, "kind": kind, "score": float(self[kind][layer, head])}
-            for kind in KINDS
-            for layer in range(self.n_layers)
-            for head in range(self.n_heads)
-        ]
+        rows = []
+        for kind in self.names:
+            table = self[kind]
+            low = high = None
+            if level is not None:
+                low, high = self.ci(kind, level=level, **ci_kwargs)
+            for layer in range(self.n_layers):
+                for head in range(self.n_heads):
+                    row = {"layer": layer, "head": head, "kind": kind}
+                    row["score"] = float(table[layer, head])
+                    if low is not None:
+                        row["low"], row["high"] = float(low[layer, head]), float(high[layer, head])
+                    rows.append(row)
         return pd.DataFrame(rows)
 
     def save(self, path: str | Path) -> None:
@@ -113,6 +176,7 @@ class ContextualScores:
             "query": self.query,
             "n_sink": self.n_sink,
             "meta": self.meta,
+            "span_names": list(self.span_names),
             "format": "focuslens.ContextualScores/1",
         }
         save_file(tensors, str(path), metadata={"focuslens": json.dumps(meta)})
@@ -140,21 +204,32 @@ class ContextualScores:
         if missing:
             raise ValueError(f"{path} lacks the score kinds {missing}")
         return cls.from_per_example(
-            per_example, query=meta["query"], n_sink=meta["n_sink"], meta=meta.get("meta", {})
+            per_example,
+            query=meta["query"],
+            n_sink=meta["n_sink"],
+            meta=meta.get("meta", {}),
+            span_names=tuple(meta.get("span_names", ())),
         )
 
     def figure(self, kind: str = "relevant", **kwargs: Any) -> Any:
-        """A layer x head heatmap of one score kind (a plotly ``go.Figure``)."""
+        """A layer x head heatmap of one score kind or named span (a plotly ``go.Figure``);
+        ``ci=0.95`` adds each head's bootstrap interval to its hover text."""
         from focuslens import plots
 
         return plots.head_scores(self, kind=kind, **kwargs)
 
     def __repr__(self) -> str:
         top = ", ".join(f"L{l}H{h}" for l, h in self.top_heads(min(5, self.relevant.numel())))
+        spans = f", spans={list(self.span_names)}" if self.span_names else ""
         return (
             f"ContextualScores(n_layers={self.n_layers}, n_heads={self.n_heads}, "
-            f"n_examples={self.n_examples}, query={self.query!r}, top=[{top}])"
+            f"n_examples={self.n_examples}, query={self.query!r}, top=[{top}]{spans})"
         )
+
+
+def _nanmean(x: Tensor) -> Tensor:
+    """Mean over the first axis, skipping NaN (all-NaN: NaN, without a warning)."""
+    return torch.nanmean(x, dim=0)
 
 
 __all__ = [

@@ -108,7 +108,8 @@ def span_mass_from_keys(
     n_masks: int,
     scale: float,
     block_elements: int = KEY_BLOCK_ELEMENTS,
-) -> Float[Tensor, "head_index n_masks"]:
+    extra: Float[Tensor, "n_extra key_pos"] | None = None,
+) -> Float[Tensor, "head_index n_out"]:
     """Attention mass of query rows on labelled key spans, without building a pattern.
 
     ``mass[h, m] = sum over rows i of sum over keys j <= i with labels[j] == m of
@@ -123,6 +124,8 @@ def span_mass_from_keys(
         n_masks: Number of masks (rows of the result).
         scale: The layer's ``attn_scale``.
         block_elements: Most ``head x row x key`` logits held at once.
+        extra: ``[n_extra, key_pos]`` 0/1 masks that may overlap (named spans); their
+            masses follow the ``n_masks`` columns of the result.
     """
     n_heads = q.shape[1]
     if n_heads % k.shape[1]:
@@ -132,11 +135,15 @@ def span_mass_from_keys(
     block = max(1, block_elements // (n_heads * q.shape[0]))
     lse = row_log_sum_exp(qf, rows, k, scale, block)
     mass = torch.zeros(n_heads, n_masks, device=q.device)
+    n_extra = 0 if extra is None else extra.shape[0]
+    named = torch.zeros(n_heads, n_extra, device=q.device)
     for start in range(0, int(rows.max()) + 1, block):
         logits = _block_logits(qf, rows, k, scale, start, block)
         p = torch.exp(logits - lse[..., None]).sum(1)
         mass.index_add_(1, labels[start : start + p.shape[-1]].to(q.device), p)
-    return mass
+        if n_extra:
+            named += p @ extra[:, start : start + p.shape[-1]].to(p.device, p.dtype).T
+    return torch.cat([mass, named], dim=1)
 
 
 # ------------------------------------------------------------------ collectors per route
@@ -151,6 +158,7 @@ class _Collector:
     n_masks: int
     cache: Any
     n_total: int
+    extra: Tensor | None = None  # [n_named, n_total] masks of the named spans
     span: tuple[int, int] = (0, 0)
     out: dict[int, Tensor] = field(default_factory=dict)
 
@@ -190,6 +198,9 @@ class _PatternCollector(_Collector):
             mass = torch.zeros(per_key.shape[0], self.n_masks, device=pattern.device)
             labels = self.labels[: per_key.shape[-1]].to(pattern.device)
             mass.index_add_(1, labels, per_key)
+            if self.extra is not None:
+                named = per_key @ self.extra[:, : per_key.shape[-1]].to(per_key.device).T
+                mass = torch.cat([mass, named], dim=1)
             self.out[layer] = self.out.get(layer, 0) + mass
 
         return hook
@@ -228,7 +239,7 @@ class _KeysCollector(_Collector):
             q = torch.cat(self.queries.pop(layer))
             scale = attention_scale(self.model, layer)
             self.out[layer] = span_mass_from_keys(
-                q, self.rows.to(q.device), keys, self.labels, self.n_masks, scale
+                q, self.rows.to(q.device), keys, self.labels, self.n_masks, scale, extra=self.extra
             )
 
         return hook

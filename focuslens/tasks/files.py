@@ -7,15 +7,17 @@ The command line (``focuslens scores --data FILE``) reads prompts from a JSONL f
 * ``"documents"`` (written by :func:`write_prompts` for prompts built from documents,
   e.g. :func:`focuslens.tasks.synthetic_retrieval`): the arguments of
   :func:`focuslens.prompts.spans.assemble` (``header``, ``prefixes``, ``bodies``,
-  ``gold_index``, ``footer``, ``separator``, ``answers``, ``response``, ``meta``), so
-  the gold-only and distractors-only variants can be rebuilt::
+  ``gold_index``, ``footer``, ``separator``, ``answers``, ``response``, ``meta`` and
+  the ``named`` spans of the header and footer), so the gold-only and
+  distractors-only variants can be rebuilt::
 
       {"header": "", "prefixes": ["[DOC ", "[DOC "], "bodies": ["k1 k2 v3 v4 ]", "k5 k6 v7 v8 ]"],
        "gold_index": 1, "footer": " [Q k5 k6", "separator": " ", "answers": ["v7 v8"],
        "response": "v7 v8 <eos>", "meta": {"metric": "exact"}}
 
 * ``"labeled"``: a prompt with character spans, ``{"text", "relevant", "distractors",
-  "answers", "response", "meta"}`` (no gold-only variant: learning directions with
+  "answers", "response", "meta", "spans"}`` (``spans``: named spans, ``{name: [[start,
+  end], ...]}``) (no gold-only variant: learning directions with
   ``response="gold_only"`` needs the ``documents`` form);
 * ``"helmet"`` / ``"lost_in_the_middle"``: QA records with ``question``, ``answers``
   and ``ctxs``, read by :mod:`focuslens.tasks.loaders` (HELMET by default; pass
@@ -54,6 +56,7 @@ def _record(prompt: LabeledPrompt) -> dict[str, Any]:
         "answers": list(prompt.answers),
         "response": prompt.response,
         "meta": meta,
+        "spans": {name: [list(s) for s in spans] for name, spans in prompt.spans.items()},
     }
 
 
@@ -112,6 +115,7 @@ def _from_documents(r: dict[str, Any]) -> LabeledPrompt:
         prefix_format=r.get("prefix_format"),
         response=r.get("response"),
         meta=r.get("meta") or {},
+        named=[tuple(n) for n in r.get("named") or []],
     )
 
 
@@ -126,6 +130,7 @@ def _from_labeled(r: dict[str, Any]) -> LabeledPrompt:
         answers=r["answers"],
         response=r.get("response"),
         meta=r.get("meta") or {},
+        spans={k: [tuple(s) for s in v] for k, v in (r.get("spans") or {}).items()},
     )
 
 

@@ -241,16 +241,19 @@ def build_prompt(
         "key": " ".join(query),
         **(meta or {}),
     }
+    footer = " " + " ".join([QUERY, *query])
+    start = len(f" {QUERY} ")
     return assemble(
         header="",
         prefixes=[f"{DOC_OPEN} "] * len(bodies),
         bodies=bodies,
         gold_index=gold_index,
-        footer=" " + " ".join([QUERY, *query]),
+        footer=footer,
         answers=[answer],
         separator=" ",
         response=answer,
         meta=info,
+        named=[("query", "footer", start, len(footer))] if query else [],
     )
 
 

@@ -67,7 +67,9 @@ def test_dataframe_and_save_load_round_trip(tmp_path):
     scores = contextual_scores(model, make_prompts(3))
     df = scores.to_dataframe()
     assert set(df.columns) == {"layer", "head", "kind", "score"}
-    assert len(df) == 5 * model.cfg.n_layers * model.cfg.n_heads
+    # the five kinds, then the spans from_documents names: instruction and question
+    assert scores.span_names == ("instruction", "question")
+    assert len(df) == 7 * model.cfg.n_layers * model.cfg.n_heads
     row = df[(df.layer == 1) & (df["head"] == 2) & (df.kind == "sink")].score.item()
     assert row == pytest.approx(float(scores.sink[1, 2]))
     scores.save(tmp_path / "s.safetensors")
