@@ -110,8 +110,15 @@ def cmd_scores(args: argparse.Namespace) -> None:
         except ValueError as exc:
             raise CommandError(str(exc)) from None
         print(f"wrote {run.path('effects')}")
-    top = ", ".join(f"L{l}H{h} {float(scores.relevant[l, h]):.3f}" for l, h in run.heads())
+    heads = run.heads()
+    top = ", ".join(f"L{l}H{h} {float(scores.relevant[l, h]):.3f}" for l, h in heads)
     print(f"top {args.k} contextual heads: {top}")
+    mean = ", ".join(
+        f"{name} {sum(float(scores[name][l, h]) for l, h in heads) / len(heads):.3f}"
+        for name in scores.names
+        if name != "distractor_max"
+    )
+    print(f"their mean attention mass: {mean}")
     print(f"wrote {run.path('scores')} and {run.path('heads')}")
 
 

@@ -216,6 +216,9 @@ def _heads_section(report: Report, run: RunFolder) -> None:
         f"contextual heads used below: {best}. The distractor panel sums all distractor "
         "documents; the sink panel is the mass on the first tokens."
     )
+    if scores.span_names:
+        named = ", ".join(scores.span_names)
+        text += f" The table also gives the mass on the prompts' named spans ({named})."
     frame = scores.to_dataframe().pivot_table(
         index=["layer", "head"], columns="kind", values="score"
     )

@@ -124,6 +124,11 @@ def test_scores_learn_eval_steer_report_through_files(capsys, tmp_path, files):
     saved = ContextualScores.load(out / "scores.safetensors")
     torch.testing.assert_close(saved.relevant, expected.relevant, atol=1e-6, rtol=0)
     assert json.loads((out / "heads.json").read_text()) == [list(h) for h in expected.top_heads(2)]
+    # The named spans of the prompts (from_documents names two) are scored and printed.
+    heads = expected.top_heads(2)
+    question = sum(float(expected.mass("question")[h]) for h in heads) / 2
+    assert saved.span_names == ("instruction", "question")
+    assert f"question {question:.3f}" in stdout
     assert (out / "effects.safetensors").is_file() and (out / "attention.safetensors").is_file()
 
     code, stdout, _ = run(capsys, "learn", *common, "--data", train, "--epochs", "1")
