@@ -46,6 +46,7 @@ _PUBLIC = {
     "HeadEffects": "focuslens.interventions",
     "ablation_effects": "focuslens.interventions",
     "attribution_patching": "focuslens.interventions",
+    "patch_heads": "focuslens.interventions",
     # directions
     "FocusDirections": "focuslens.directions",
     "learn_focus_directions": "focuslens.directions",
@@ -83,6 +84,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from focuslens.interventions.base import Intervention
     from focuslens.interventions.effects import HeadEffects, ablation_effects, attribution_patching
     from focuslens.interventions.oracles import HeadAblation, Pasta, SplitSoftmax
+    from focuslens.interventions.patching import patch_heads
     from focuslens.model.loading import check_backend, load_model
     from focuslens.model.prefill import chunked_forward
     from focuslens.plots.report import Report

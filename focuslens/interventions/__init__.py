@@ -1,7 +1,9 @@
 """Interventions on chosen heads, and their effects on the answer.
 
 The :class:`Intervention` protocol, the oracles that need span labels (:class:`SplitSoftmax`,
-:class:`Pasta`), :class:`HeadAblation`, and ablation / attribution effects per head.
+:class:`Pasta`), :class:`HeadAblation`, and the effects of heads on the answer: ablation
+(zero, mean, resample), attribution patching, and activation patching from a paired run
+(:func:`patch_heads`).
 """
 
 from focuslens.interventions.base import Intervention, applied
@@ -20,6 +22,7 @@ from focuslens.interventions.oracles import (
     head_means,
     split_softmax,
 )
+from focuslens.interventions.patching import joint_patch_effect, patch_heads
 
 __all__ = [
     "applied",
@@ -35,4 +38,6 @@ __all__ = [
     "attribution_patching",
     "HeadEffects",
     "joint_ablation_effect",
+    "joint_patch_effect",
+    "patch_heads",
 ]

@@ -9,7 +9,12 @@ prompt and the answer (or only some, ``positions=``):
 * zero-ablation (``mode="zero"``): by zero;
 * mean-ablation (``mode="mean"``): by its mean over reference prompts
   (:func:`focuslens.interventions.head_means`; by default the prompts themselves), which
-  keeps the head's average contribution and removes only what depends on the input.
+  keeps the head's average contribution and removes only what depends on the input;
+* resample-ablation (``mode="resample"``): by its output, position by position, on
+  another prompt of the same length (a *donor*), which keeps the head's output on the
+  distribution of real inputs (Chan et al. 2022). By default each prompt's donor is the
+  next prompt of the same token length (cyclically, among the prompts given); or pass
+  ``donors=``, one prompt per prompt.
 
 Negative effects mean the head helps the answer.
 
@@ -47,6 +52,7 @@ from torch import Tensor
 
 from focuslens.heads import HeadScores, HeadSet
 from focuslens.interventions.oracles import HeadAblation, head_means
+from focuslens.interventions.zpatch import patching, record_z
 from focuslens.model import hooks as hooking
 from focuslens.model.hooks import layer_hooks
 from focuslens.prompts.batch import PromptBatch, batches, pad_token_id
@@ -63,10 +69,19 @@ class HeadEffects(HeadScores):
         values: ``[n_layers, n_heads]`` mean effect over examples (NaN: head not measured).
         per_example: ``[n_examples, n_layers, n_heads]`` effects.
         name: ``"effect"`` (the value column of ``to_dataframe()``).
-        baseline: ``[n_examples]`` clean log-probability of each gold answer.
-        mode: ``"zero"`` or ``"mean"``.
-        method: ``"ablation"`` (exact) or ``"attribution"`` (first-order estimate).
-        positions: Query positions ablated: ``"all"``, ``"prompt"`` or ``"generated"``.
+        baseline: ``[n_examples]`` clean log-probability of each gold answer (for
+            patching: on the prompts patched into).
+        mode: ``"zero"``, ``"mean"`` or ``"resample"`` for ablations; for patching, the
+            source run: ``"gold_only"``, ``"distractors_only"`` or ``"paired"``.
+        method: ``"ablation"`` (exact), ``"attribution"`` (first-order estimate) or
+            ``"patching"`` (exact, from a source run).
+        positions: Query positions acted on: ``"all"``, ``"prompt"`` or ``"generated"``;
+            for patching ``"answer"`` (the rows that predict the answer).
+        reference: For patching, ``[n_examples]`` the metric on the source run.
+        per_position: For patching with ``per_position=True``, ``[n_examples, n_rows,
+            n_layers, n_heads]`` effects of patching one row at a time (NaN past an
+            example's rows).
+        metric: What changes: ``"logprob"`` (default) or ``"prob"`` of the answer.
     """
 
     name: str = "effect"
@@ -74,16 +89,22 @@ class HeadEffects(HeadScores):
     mode: str = "zero"
     method: str = "ablation"
     positions: str = "all"
+    reference: Tensor | None = None
+    per_position: Tensor | None = None
+    metric: str = "logprob"
 
-    def figure(self, *, top_k: int = 5, title: str | None = None) -> Any:
-        """Red-blue layer x head heatmap of the effects (:func:`focuslens.plots.head_effects`)."""
+    def figure(self, *, top_k: int = 5, title: str | None = None, ci: float | None = None) -> Any:
+        """Red-blue layer x head heatmap of the effects (:func:`focuslens.plots.head_effects`);
+        ``ci=0.95`` puts each head's bootstrap interval (:meth:`ci`) in its hover text."""
         from focuslens import plots
 
+        what = "log p(answer)" if self.metric == "logprob" else "p(answer)"
         return plots.head_effects(
             self.values,
             top_k=top_k,
-            label="change in log p(answer)",
-            title=title or f"{self.mode}-{self.method} effect of each head on log p(answer)",
+            label=f"change in {what}",
+            title=title or f"{self.mode}-{self.method} effect of each head on {what}",
+            ci=None if ci is None else self.ci(ci),
         )
 
     def __repr__(self) -> str:
@@ -176,10 +197,14 @@ def _heads_or_all(model: Model, heads: Any) -> HeadSet:
     return HeadSet(heads).validate(model)
 
 
+ABLATION_MODES = ("zero", "mean", "resample")
+"""Accepted values of ``mode`` in the ablation functions."""
+
+
 def _means(model: Model, mode: str, means: Tensor | None, tps: list[TokenizedPrompt]):
-    if mode not in ("zero", "mean"):
-        raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
-    if mode == "zero":
+    if mode not in ABLATION_MODES:
+        raise ValueError(f"mode must be one of {ABLATION_MODES}, got {mode!r}")
+    if mode != "mean":
         return None
     if means is None:
         return head_means(model, tps)
@@ -192,6 +217,57 @@ def _means(model: Model, mode: str, means: Tensor | None, tps: list[TokenizedPro
     return means
 
 
+def _donors(
+    model: Model,
+    tps: list[TokenizedPrompt],
+    donors: Iterable[LabeledPrompt] | None,
+    target: str,
+    answer_prefix: str,
+) -> list[TokenizedPrompt]:
+    """One donor per prompt, of the same token length (module docstring)."""
+    if donors is not None:
+        out = answer_prompts(model, donors, target=target, answer_prefix=answer_prefix)
+        if len(out) != len(tps):
+            raise ValueError(f"{len(out)} donors for {len(tps)} prompts; give one per prompt")
+    else:
+        groups: dict[int, list[int]] = {}
+        for i, tp in enumerate(tps):
+            groups.setdefault(len(tp), []).append(i)
+        out = [tps[0]] * len(tps)
+        for length, members in groups.items():
+            if len(members) == 1:
+                raise ValueError(
+                    f"prompt {members[0]} has {length} tokens with its answer and no other "
+                    "prompt has as many; resample ablation takes each head's output from "
+                    "another prompt of the same length (give more such prompts, or donors=)"
+                )
+            for j, i in enumerate(members):
+                out[i] = tps[members[(j + 1) % len(members)]]
+    for i, (tp, donor) in enumerate(zip(tps, out)):
+        if len(donor) != len(tp):
+            raise ValueError(
+                f"donor {i} has {len(donor)} tokens with its answer, prompt {i} has {len(tp)}; "
+                "resample ablation needs a donor of the same length"
+            )
+    return out
+
+
+def _resampled(
+    model: Model,
+    batch: PromptBatch,
+    donors: list[TokenizedPrompt],
+    positions: str,
+    layers: Iterable[int],
+) -> tuple[dict[int, Tensor], Tensor, Tensor]:
+    """The donors' ``hook_z`` at every position, and the rows to replace."""
+    donor = next(iter(batches(donors, len(donors), pad_token_id(model))))[1]
+    length = batch.tokens.shape[1]
+    rows = torch.arange(length)[None].expand(batch.size, -1)
+    row_mask = hooking.query_row_mask(positions, torch.arange(length), batch.n_prompt)
+    row_mask = row_mask.expand(batch.size, -1) & batch.real.bool()
+    return record_z(model, donor.tokens, rows, layers), rows, row_mask
+
+
 def ablation_effects(
     model: Model,
     prompts: Iterable[LabeledPrompt],
@@ -199,6 +275,7 @@ def ablation_effects(
     heads: Any = None,
     mode: str = "zero",
     means: Tensor | None = None,
+    donors: Iterable[LabeledPrompt] | None = None,
     positions: str = "all",
     target: str = "answer",
     answer_prefix: str = " ",
@@ -210,9 +287,11 @@ def ablation_effects(
         model: A ``HookedTransformer``.
         prompts: Labelled prompts with gold answers.
         heads: The heads to ablate (each alone); default every head. Other heads are NaN.
-        mode: ``"zero"`` or ``"mean"`` ablation of the head's ``hook_z``.
+        mode: ``"zero"``, ``"mean"`` or ``"resample"`` ablation of the head's ``hook_z``.
         means: ``[n_layers, n_heads, d_head]`` reference for ``mode="mean"``; default the
             mean over every token of ``prompts`` with their answers.
+        donors: For ``mode="resample"``, one prompt per prompt, of the same token length
+            with its answer; default the next prompt of the same length.
         positions: Query positions ablated: ``"all"``, ``"prompt"`` or ``"generated"``.
         target: ``"answer"`` or ``"response"`` (see the module docstring).
         answer_prefix: Put before ``answers[0]`` when ``target="answer"``.
@@ -225,6 +304,7 @@ def ablation_effects(
     hooking.check_positions(positions)
     tps = answer_prompts(model, prompts, target=target, answer_prefix=answer_prefix)
     means = _means(model, mode, means, tps)
+    donor_tps = _donors(model, tps, donors, target, answer_prefix) if mode == "resample" else None
     n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
     effects = torch.full((len(tps), n_layers, n_heads), float("nan"))
     baseline = torch.zeros(len(tps))
@@ -233,9 +313,16 @@ def ablation_effects(
             clean = _logprob(model, batch).cpu()
             baseline[index] = clean
             chunk = tps[index]
+            if donor_tps is not None:
+                layers = {layer for layer, _ in chosen}
+                z, rows, mask = _resampled(model, batch, donor_tps[index], positions, layers)
             for layer, head in chosen:
-                ablation = HeadAblation([(layer, head)], mode, means=means, positions=positions)
-                with ablation.apply(model, chunk):
+                if donor_tps is not None:
+                    context = patching(model, [(layer, head)], z, rows, mask)
+                else:
+                    ablation = HeadAblation([(layer, head)], mode, means=means, positions=positions)
+                    context = ablation.apply(model, chunk)
+                with context:
                     effects[index, layer, head] = _logprob(model, batch).cpu() - clean
     return HeadEffects(
         values=effects.mean(0),
@@ -255,21 +342,33 @@ def joint_ablation_effect(
     *,
     mode: str = "zero",
     means: Tensor | None = None,
+    donors: Iterable[LabeledPrompt] | None = None,
     positions: str = "all",
     target: str = "answer",
     answer_prefix: str = " ",
     batch_size: int = 8,
 ) -> Float[Tensor, " n_examples"]:
-    """Change of ``log p(answer)`` per example when all ``heads`` are ablated together."""
+    """Change of ``log p(answer)`` per example when all ``heads`` are ablated together
+    (arguments as in :func:`ablation_effects`)."""
     chosen = HeadSet(heads).validate(model)
+    if not chosen:
+        raise ValueError("heads is empty; give at least one (layer, head)")
+    hooking.check_positions(positions)
     tps = answer_prompts(model, prompts, target=target, answer_prefix=answer_prefix)
     means = _means(model, mode, means, tps)
-    ablation = HeadAblation(chosen, mode, means=means, positions=positions)
+    donor_tps = _donors(model, tps, donors, target, answer_prefix) if mode == "resample" else None
     out = []
     with torch.no_grad():
         for index, batch in _batches(model, tps, batch_size):
             clean = _logprob(model, batch)
-            with ablation.apply(model, tps[index]):
+            if donor_tps is not None:
+                layers = {layer for layer, _ in chosen}
+                z, rows, mask = _resampled(model, batch, donor_tps[index], positions, layers)
+                context = patching(model, chosen, z, rows, mask)
+            else:
+                ablation = HeadAblation(chosen, mode, means=means, positions=positions)
+                context = ablation.apply(model, tps[index])
+            with context:
                 out.append((_logprob(model, batch) - clean).cpu())
     return torch.cat(out)
 
@@ -287,6 +386,7 @@ def attribution_patching(
     *,
     mode: str = "zero",
     means: Tensor | None = None,
+    donors: Iterable[LabeledPrompt] | None = None,
     positions: str = "all",
     target: str = "answer",
     answer_prefix: str = " ",
@@ -301,9 +401,13 @@ def attribution_patching(
     hooking.check_positions(positions)
     tps = answer_prompts(model, prompts, target=target, answer_prefix=answer_prefix)
     means = _means(model, mode, means, tps)
+    donor_tps = _donors(model, tps, donors, target, answer_prefix) if mode == "resample" else None
     n_layers = model.cfg.n_layers
     per_example, baseline = [], []
-    for _, batch in _batches(model, tps, batch_size):
+    for index, batch in _batches(model, tps, batch_size):
+        donor_z = None
+        if donor_tps is not None:
+            donor_z = _resampled(model, batch, donor_tps[index], "all", range(n_layers))[0]
         zs: dict[int, Tensor] = {}
         deltas: dict[int, Tensor] = {}
         fwd = layer_hooks(range(n_layers), "hook_z", partial(_record_z, zs=zs, deltas=deltas))
@@ -317,7 +421,12 @@ def attribution_patching(
         layers = []
         for l in range(n_layers):
             z, grad = zs[l].float(), grads[l].float()
-            ref = torch.zeros_like(z) if mode == "zero" else means[l].to(z.device, z.dtype)
+            if donor_z is not None:
+                ref = donor_z[l].to(z.device, z.dtype)
+            elif mode == "zero":
+                ref = torch.zeros_like(z)
+            else:
+                ref = means[l].to(z.device, z.dtype)
             contrib = (grad * (ref - z)).sum(-1)  # [batch, pos, head]
             layers.append((contrib * rows.to(contrib.device)[:, :, None]).sum(1).cpu())
         per_example.append(torch.stack(layers, dim=1))
@@ -334,6 +443,7 @@ def attribution_patching(
 
 
 __all__ = [
+    "ABLATION_MODES",
     "ablation_effects",
     "answer_logprob",
     "answer_prompts",

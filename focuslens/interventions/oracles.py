@@ -378,7 +378,13 @@ class HeadAblation(_OnHeads):
     ) -> None:
         super().__init__(heads, positions)
         if mode not in ("zero", "mean"):
-            raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}")
+            extra = (
+                "; resample ablation needs donor runs: use ablation_effects(mode='resample') "
+                "or focuslens.interventions.zpatch.patching"
+                if mode == "resample"
+                else ""
+            )
+            raise ValueError(f"mode must be 'zero' or 'mean', got {mode!r}{extra}")
         if mode == "mean" and means is None:
             raise ValueError(
                 "mode='mean' needs means=[n_layers, n_heads, d_head]; compute them with "

@@ -131,8 +131,8 @@ def test_figure_and_bad_input():
     assert isinstance(effects, HeadEffects) and "ablation" in repr(effects)
     with pytest.raises(ValueError, match="L3H0 does not exist"):
         ablation_effects(model, prompts, heads=[(3, 0)])
-    with pytest.raises(ValueError, match="mode must be 'zero' or 'mean'"):
-        attribution_patching(model, prompts, mode="resample")
+    with pytest.raises(ValueError, match="mode must be one of"):
+        attribution_patching(model, prompts, mode="shuffle")
     with pytest.raises(ValueError, match="means has shape"):
         attribution_patching(model, prompts, mode="mean", means=torch.zeros(2, 4))
     with pytest.raises(ValueError, match="prompt 0 has no response"):
