@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import pkgutil
 import re
@@ -138,6 +139,20 @@ def test_results_page_has_the_model_cards_tables():
     page = (DOCS / "results.md").read_text(encoding="utf-8")
     for name, table in results_tables.card_tables().items():
         assert table in page, f"docs/results.md lacks the card's {name} table:\n{table}"
+
+
+def test_head_study_page_has_the_scripts_tables():
+    """docs/head-studies.md quotes scripts/head_study.py's tables of the recorded run
+    (benchmarks/results/head_study.json)."""
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import head_study
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    result = json.loads((ROOT / "benchmarks" / "results" / "head_study.json").read_text())
+    page = (DOCS / "head-studies.md").read_text(encoding="utf-8")
+    assert head_study.render(result) in page
+    assert f"{result['settings']['n_prompts']} prompts" in page
 
 
 def test_cli_reference_is_current():

@@ -46,6 +46,24 @@ def test_repro_directions_quick(tmp_path):
 
 
 @pytest.mark.slow
+def test_head_study_quick(tmp_path):
+    out = _run(str(ROOT / "scripts" / "head_study.py"), "--quick", "--out", "hs.json", cwd=tmp_path)
+    result = json.loads((tmp_path / "hs.json").read_text())
+    methods = result["methods"]
+    assert list(methods) == [
+        "contextual score",
+        "zero ablation",
+        "resample ablation",
+        "gold-only patching",
+    ]
+    for table in methods.values():
+        assert len(table["top"]) == 3
+        for l, h in table["top"]:  # every top head's interval holds its value
+            assert table["low"][l][h] <= table["values"][l][h] <= table["high"][l][h]
+    assert "| contextual score / gold-only patching |" in out
+
+
+@pytest.mark.slow
 def test_bench_steering_quick(tmp_path):
     out = _run(str(ROOT / "benchmarks" / "bench_steering.py"), "--quick", cwd=tmp_path)
     ratios = re.findall(r"^steer qk\s+[\d.]+\s+([\d.]+)", out, flags=re.MULTILINE)
