@@ -5,7 +5,9 @@
 # using: this notebook asks whether the answer depends on them, in three ways:
 #
 # 1. **ablation**: knock a head out and measure the change of the gold answer's
-#    log-probability (exactly, and by attribution patching from one backward pass);
+#    log-probability (exactly, and by attribution patching from one backward pass); then
+#    **activation patching** from the gold-only prompt, with intervals over prompts, to
+#    ask whether the distractors' harm passes through the head;
 # 2. **retrieval heads** (Wu et al. 2024), a different definition of "the heads that
 #    read", for comparison;
 # 3. the paper's **split-softmax oracle**: give the contextual heads more attention on the
@@ -98,6 +100,84 @@ print(f"random heads {control}: mean change of log p(answer) {float(joint_random
 # ablation on which heads help only for small changes (the tests check it against 1 %
 # ablations). Knocking out the three contextual heads together costs less than three
 # random heads, which include heads of the first two layers.
+#
+# ## A head study with intervals: does distraction act through these heads?
+#
+# Ablation asks whether the answer needs a head *at all*. The question of this notebook
+# is narrower: does the distractors' harm pass through the contextual heads? Activation
+# patching answers it. `patch_heads` runs each prompt's gold-only variant (the relevant
+# document alone), takes one head's output at the rows that predict the answer, writes it
+# into the distracted run, and measures the change of `log p(answer)`. Every number gets
+# a 95 % bootstrap interval over prompts (`.ci()`, `to_dataframe(level=...)`), and
+# resample ablation (`mode="resample"`: the head's output from another prompt of the
+# same length) joins zero ablation.
+
+# %%
+from focuslens.heads import HeadScores, bootstrap_ci
+from focuslens.interventions import joint_patch_effect
+
+study = train[:16]
+patched = focuslens.patch_heads(model, study, source="gold_only")
+resampled = ablation_effects(model, study, mode="resample")
+print(
+    f"mean log p(answer): distracted {float(patched.baseline.mean()):.2f}, "
+    f"gold-only {float(patched.reference.mean()):.2f}"
+)
+patched.figure(ci=0.95)  # hover a head: its effect and interval
+
+# %%
+relevant = HeadScores(scores.relevant, per_example=scores.per_example["relevant"])
+measures = {
+    "relevant score": relevant,
+    "gold-only patching": patched,
+    "zero ablation": effects,
+    "resample ablation": resampled,
+}
+rows = []
+for name, table in measures.items():
+    low, high = table.ci(0.95)
+    for l, h in table.top_heads(3, largest=name in ("relevant score", "gold-only patching")):
+        rows.append(
+            {
+                "measure": name,
+                "head": f"L{l}H{h}",
+                "value": float(table.values[l, h]),
+                "95% low": float(low[l, h]),
+                "95% high": float(high[l, h]),
+            }
+        )
+print(
+    "rank correlation, relevant score vs patching:",
+    round(rank_correlation(scores.relevant, patched.values), 2),
+)
+pd.DataFrame(rows).round(3)
+
+# %% [markdown]
+# The top-3 contextual heads patched together, against three random heads on the same
+# prompts: the difference per prompt, and its interval.
+
+# %%
+gain_top = joint_patch_effect(model, study, top)
+gain_random = joint_patch_effect(model, study, control)
+low, high = bootstrap_ci((gain_top - gain_random)[:, None])
+print(f"top heads patched together: {float(gain_top.mean()):+.2f} nats")
+print(f"random heads patched together: {float(gain_random.mean()):+.2f} nats")
+print(
+    f"difference: {float((gain_top - gain_random).mean()):+.2f} "
+    f"[{float(low[0]):+.2f}, {float(high[0]):+.2f}]"
+)
+
+# %% [markdown]
+# On these 16 prompts the answer's mean log-probability is -1.06 with the distractors
+# and -0.45 on the gold-only prompts. Patching puts the last-layer heads first, as the
+# contextual score does (L2H4 leads both; rank correlation 0.41 over the 24 heads), and
+# the top three patching effects have intervals that exclude zero. The two ablations put
+# first-layer heads first instead: the answer needs those heads on every prompt, but the
+# distractors' harm does not pass through them. Patched together, the three contextual
+# heads recover +0.86 nats, more than the whole gap of 0.61, and three random heads
+# -0.10; the paired difference, +0.96 [+0.56, +1.50], excludes zero. The page
+# [A head study with intervals](../docs/head-studies.md) runs the same study on 128
+# prompts.
 #
 # ## Retrieval heads, for comparison
 #

@@ -37,6 +37,7 @@ EXAMPLE_PAGES = [
     "howto/released-directions.md",
     "howto/batching-and-chat-templates.md",
     "limits.md",
+    "head-studies.md",
 ]
 """Pages whose Python blocks the tests run (the pages owned by the docs; the module
 pages heads.md, directions.md and long-contexts.md are tested by their modules' tests)."""
