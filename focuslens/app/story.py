@@ -29,7 +29,12 @@ import pandas as pd
 
 from focuslens import plots
 from focuslens.app.run import RunFolder
-from focuslens.evaluation.curves import accuracy_table, paired_comparison, wilson_interval
+from focuslens.evaluation.curves import (
+    accuracy_table,
+    paired_comparison,
+    paired_verdict,
+    wilson_interval,
+)
 from focuslens.heads import str_head
 from focuslens.plots.report import Report
 from focuslens.scores.attention import AttentionMap
@@ -124,9 +129,9 @@ def _number(value: Any) -> Any:
     return int(f) if f.is_integer() and not isinstance(value, float) else f
 
 
-SIGNIFICANCE = 0.05
-"""A condition is "clearly" above or below the baseline when the paired test's p-value is
-below this (or, unpaired, when the 95 % intervals do not overlap)."""
+# A condition is "clearly" above or below the baseline when the paired test's p-value is
+# below SIGNIFICANCE (focuslens.evaluation.curves), or, unpaired, when the 95 % intervals
+# do not overlap.
 
 
 def compare(frame: pd.DataFrame, base: pd.DataFrame) -> str:
@@ -134,7 +139,8 @@ def compare(frame: pd.DataFrame, base: pd.DataFrame) -> str:
 
     On the same prompts (the usual case: every condition answers the run's test prompts)
     the comparison is paired: the exact McNemar test on the prompts one condition gets
-    right and the other wrong, at :data:`SIGNIFICANCE`. Otherwise (pooled random-head
+    right and the other wrong, at
+    :data:`focuslens.evaluation.curves.SIGNIFICANCE`. Otherwise (pooled random-head
     sets, other prompts) the 95 % Wilson intervals of the two accuracies must not overlap.
     """
     return _verdict(frame, base, paired_comparison(frame, base))
@@ -142,9 +148,8 @@ def compare(frame: pd.DataFrame, base: pd.DataFrame) -> str:
 
 def _verdict(frame: pd.DataFrame, base: pd.DataFrame, paired: dict[str, Any] | None) -> str:
     if paired is not None:
-        if paired["p_value"] >= SIGNIFICANCE or paired["fixed"] == paired["broken"]:
-            return "within noise of"
-        return "clearly above" if paired["fixed"] > paired["broken"] else "clearly below"
+        word = paired_verdict(paired)
+        return "within noise of" if word == "within noise" else f"clearly {word}"
     low, high = wilson_interval(_acc(frame), len(frame))
     base_low, base_high = wilson_interval(_acc(base), len(base))
     if low > base_high:

@@ -157,6 +157,27 @@ def paired_summary(
     return {**paired, "low": low, "high": high}
 
 
+SIGNIFICANCE = 0.05
+"""The level below which a paired comparison's exact McNemar p-value counts as a clear
+difference (:func:`paired_verdict`)."""
+
+
+def paired_verdict(paired: dict[str, Any], significance: float = SIGNIFICANCE) -> str:
+    """``"above"``, ``"below"`` or ``"within noise"``: whether a condition clearly beats
+    its reference on the same prompts (the exact McNemar p-value of
+    :func:`paired_comparison` below ``significance``, and more prompts fixed than broken).
+
+    Example:
+        >>> paired_verdict({"fixed": 19, "broken": 1, "p_value": 4e-5})
+        'above'
+        >>> paired_verdict({"fixed": 3, "broken": 0, "p_value": 0.25})
+        'within noise'
+    """
+    if paired["p_value"] >= significance or paired["fixed"] == paired["broken"]:
+        return "within noise"
+    return "above" if paired["fixed"] > paired["broken"] else "below"
+
+
 def _frame_of(value: Any) -> pd.DataFrame | None:
     """The per-example frame of an EvalResult or DataFrame, else None."""
     if isinstance(value, pd.DataFrame):
@@ -329,5 +350,7 @@ __all__ = [
     "paired_comparison",
     "paired_difference_interval",
     "paired_summary",
+    "paired_verdict",
+    "SIGNIFICANCE",
     "wilson_interval",
 ]

@@ -92,7 +92,9 @@ class HeadExperiment:
             )
         return float(row.accuracy.iloc[0]), int(row.n.iloc[0])
 
-    def compare(self, tau: float | None = None, confidence: float = 0.95) -> pd.DataFrame:
+    def compare(
+        self, tau: float | None = None, confidence: float = 0.95, significance: float = 0.05
+    ) -> pd.DataFrame:
         """Each top-k run against the baseline and against every random-k run of the same k,
         prompt by prompt (all runs answer the same prompts).
 
@@ -105,10 +107,12 @@ class HeadExperiment:
             ``"random_k seed S"``), ``accuracy`` (top-k), ``reference``, ``difference``
             with its paired interval ``low``/``high``
             (:func:`~focuslens.evaluation.curves.paired_difference_interval`), ``fixed``
-            and ``broken`` (prompts right only under top-k, only under the reference) and
-            the exact McNemar ``p_value``.
+            and ``broken`` (prompts right only under top-k, only under the reference), the
+            exact McNemar ``p_value``, and the ``verdict``: ``"above"``, ``"below"`` or
+            ``"within noise"`` (:func:`~focuslens.evaluation.curves.paired_verdict` at
+            ``significance``).
         """
-        from focuslens.evaluation.curves import paired_summary
+        from focuslens.evaluation.curves import paired_summary, paired_verdict
 
         ex = self.examples
         taus = sorted(ex.tau.dropna().unique())
@@ -140,6 +144,7 @@ class HeadExperiment:
                             c: paired[c]
                             for c in ("difference", "low", "high", "fixed", "broken", "p_value")
                         },
+                        "verdict": paired_verdict(paired, significance),
                     }
                 )
         return pd.DataFrame(rows)

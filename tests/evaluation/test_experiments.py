@@ -168,6 +168,13 @@ def test_compare_pairs_top_k_with_baseline_and_random_runs():
         assert row.difference == pytest.approx((fixed - broken) / len(top))
         assert row.p_value == pytest.approx(mcnemar_exact(fixed, broken))
         assert row.low <= row.difference <= row.high
+        clear = row.p_value < 0.05 and fixed != broken
+        expected = ("above" if fixed > broken else "below") if clear else "within noise"
+        assert row.verdict == expected
     assert (table.fixed + table.broken).sum() > 0  # the runs do differ here
+    # a lax level turns every uneven comparison into a verdict
+    lax = exp.compare(significance=1.01)
+    uneven = lax.fixed != lax.broken
+    assert (lax.verdict[uneven] != "within noise").all()
     with pytest.raises(ValueError, match="no run at tau=0.5"):
         exp.compare(tau=0.5)
