@@ -11,6 +11,7 @@ from _oracles import make_prompts
 from _tiny import tiny_model
 
 from focuslens import ContextualScores, LabeledPrompt, contextual_scores, tokenize_prompt
+from focuslens.heads import bootstrap_ci
 from focuslens.scores.result import KINDS
 from focuslens.tasks.files import read_prompts, write_prompts
 
@@ -120,6 +121,16 @@ def test_tables_figure_ranking_and_files(tmp_path):
     assert scores.top_heads(2, by="question") == focuslens_top(scores.mass("question"), 2)
     fig = scores.figure("question")
     assert [list(r) for r in fig.data[0].z] == scores.mass("question").tolist()
+    # intervals over prompts, in the hover text and the table
+    low, high = scores.ci("question", n_boot=500)
+    ref = bootstrap_ci(scores.mass("question", per_example=True), n_boot=500)
+    assert torch.equal(low, ref[0]) and torch.equal(high, ref[1])
+    hover = scores.figure("question", ci=0.95).data[0].text[1][0]
+    full = scores.ci("question")
+    assert f"interval [{float(full[0][1, 0]):.4f}, {float(full[1][1, 0]):.4f}]" in hover
+    table = scores.to_dataframe(level=0.95, n_boot=500)
+    row = table[(table.layer == 1) & (table["head"] == 0) & (table.kind == "question")]
+    assert row.low.item() == pytest.approx(float(low[1, 0]))
     scores.save(tmp_path / "s.safetensors")
     back = ContextualScores.load(tmp_path / "s.safetensors")
     assert back.span_names == scores.span_names
