@@ -78,7 +78,7 @@ def test_nan_heads_examples_and_constant_columns():
 @pytest.mark.parametrize(
     "kwargs, message",
     [
-        ({"level": 95}, "level must be a float in"),
+        ({"level": 1.5}, "level must be a float in"),
         ({"n_boot": 10}, "n_boot must be an int >= 100"),
         ({"method": "t"}, "method must be one of"),
     ],
@@ -88,6 +88,12 @@ def test_bad_options_name_the_problem(kwargs, message):
         bootstrap_ci(torch.rand(5, 2, 2), **kwargs)
     with pytest.raises(ValueError, match="at least 2 examples"):
         bootstrap_ci(torch.rand(1, 2, 2))
+
+
+@pytest.mark.bad_input
+def test_a_level_in_percent_names_the_problem():
+    with pytest.raises(ValueError, match="level must be a float in"):
+        bootstrap_ci(torch.rand(5, 2, 2), level=95)
 
 
 def test_head_scores_carry_intervals_in_tables_and_hover():

@@ -195,12 +195,17 @@ def test_named_spans_map_to_tokens_and_survive_files(tmp_path):
         ({"q": (0, 99)}, r"span 'q' \(0, 99\) is out of range for a prompt of 11 characters"),
         ({"q": "0:2"}, r"span 'q' span '0:2' must be two ints"),
         ({"q": [(0, 2), (1.5, 3)]}, "must be two ints"),
-        ([(0, 2)], "spans must be a dict"),
     ],
 )
 def test_bad_named_spans_name_the_problem(spans, message):
     with pytest.raises(ValueError, match=message):
         LabeledPrompt("w1 w2 w3 w4", (3, 5), [], ["w2"], spans=spans)
+
+
+@pytest.mark.bad_input
+def test_spans_that_are_not_a_dict_name_the_problem():
+    with pytest.raises(ValueError, match="spans must be a dict"):
+        LabeledPrompt("w1 w2 w3 w4", (3, 5), [], ["w2"], spans=[(0, 2)])
 
 
 def test_a_named_span_on_no_token_is_an_error_naming_it():
