@@ -50,6 +50,7 @@ _PUBLIC = {
     "FocusDirections": "focuslens.directions",
     "learn_focus_directions": "focuslens.directions",
     "steer": "focuslens.directions",
+    "pretrained_heads": "focuslens.directions",
     # evaluation
     "EvalResult": "focuslens.evaluation",
     "evaluate": "focuslens.evaluation",
@@ -76,6 +77,7 @@ if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
     from focuslens.demo import load_demo_model
     from focuslens.directions.core import FocusDirections
     from focuslens.directions.learn import learn_focus_directions
+    from focuslens.directions.pretrained import pretrained_heads
     from focuslens.directions.steering import steer
     from focuslens.evaluation.accuracy import EvalResult, evaluate
     from focuslens.evaluation.experiments import HeadExperiment, contextual_head_experiment
