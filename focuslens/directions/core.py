@@ -282,6 +282,12 @@ class FocusDirections:
         )
         return fig
 
+    def _repr_html_(self) -> str:
+        """A notebook card: shape, heads, norms, training (:mod:`focuslens.plots.notebook`)."""
+        from focuslens.plots import notebook
+
+        return notebook.directions_html(self)
+
     def __repr__(self) -> str:
         method = self.training.get("method", "?")
         return (
