@@ -58,6 +58,8 @@ _PUBLIC = {
     "contextual_head_experiment": "focuslens.evaluation",
     # plots
     "Report": "focuslens.plots",
+    # app
+    "explore": "focuslens.app.explorer",
 }
 _SUBPACKAGES = (
     "prompts",
@@ -74,6 +76,7 @@ _SUBPACKAGES = (
 )
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from focuslens.app.explorer import explore
     from focuslens.demo import load_demo_model
     from focuslens.directions.core import FocusDirections
     from focuslens.directions.learn import learn_focus_directions

@@ -296,6 +296,50 @@ def attention_map_html(amap: Any) -> str:
     )
 
 
+def explorer_figure(view: Any) -> Any:
+    """Bars of an :class:`~focuslens.evaluation.explore.ExplorerView`: the chosen heads'
+    attention by document (mean over heads and answer rows), coloured by kind."""
+    import plotly.graph_objects as go
+
+    from focuslens.plots.attention import SPAN_COLOURS
+
+    mean = view.mean_mass().tolist()
+    fig = go.Figure(
+        go.Bar(
+            x=view.segments,
+            y=mean,
+            marker_color=[SPAN_COLOURS.get(k, "#999999") for k in view.kinds],
+            hovertemplate="%{x}: %{y:.3f}<extra></extra>",
+        )
+    )
+    heads = ", ".join(str_head(h) for h in view.heads)
+    fig.update_layout(
+        title=f"attention of {heads} by document",
+        yaxis={"title": {"text": "mass"}, "range": [0, 1]},
+        xaxis={"type": "category"},
+        showlegend=False,
+    )
+    return fig
+
+
+def explorer_view_html(view: Any) -> str:
+    """The card of an :class:`~focuslens.evaluation.explore.ExplorerView`: the setting,
+    the answer, the mass by kind, and the bars by document."""
+    kinds = view.by_kind()
+    numbers = {
+        "heads": ", ".join(str_head(h) for h in view.heads),
+        "alpha (steering)": view.alpha,
+        "tau (split-softmax)": view.tau,
+        "greedy answer": view.answer,
+        "gold answers": view.answers,
+        "correct": view.correct,
+        "attention on relevant": kinds["relevant"],
+        "attention on distractors": kinds["distractor"],
+        "attention on sink": kinds["sink"],
+    }
+    return card("Explorer", numbers, explorer_figure(view))
+
+
 __all__ = [
     "FIGURE_SIZE",
     "attention_map_html",
@@ -303,6 +347,8 @@ __all__ = [
     "contextual_scores_html",
     "directions_html",
     "eval_result_html",
+    "explorer_figure",
+    "explorer_view_html",
     "figure_html",
     "head_scores_html",
     "include_plotlyjs_again",
