@@ -124,6 +124,7 @@ class Explorer:
 
     def update(self) -> ExplorerView | None:
         """Recompute and redraw; a bad setting is shown in the panel, not raised."""
+        from IPython import get_ipython
         from IPython.display import HTML, display
 
         try:
@@ -134,9 +135,10 @@ class Explorer:
         self.status.value = ""
         self.view = view
         self.history.append(view)
-        self.output.clear_output(wait=True)
-        with self.output:
-            display(HTML(view._repr_html_()))
+        if get_ipython() is not None:  # drawn in a notebook; outside one, only computed
+            self.output.clear_output(wait=True)
+            with self.output:
+                display(HTML(view._repr_html_()))
         return view
 
     def set(
