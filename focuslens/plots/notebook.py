@@ -141,7 +141,8 @@ def top_heads_frame(table: torch.Tensor, k: int = 5, *, by_absolute: bool = Fals
 def contextual_scores_html(scores: Any) -> str:
     """The card of a :class:`~focuslens.ContextualScores`: top heads with their masses,
     mean masses, and the layer x head heatmap of the relevant mass."""
-    top = scores.top_heads(min(5, int((~torch.isnan(scores.relevant)).sum())) or 1)
+    n_scored = int((~torch.isnan(scores.relevant)).sum())  # NaN: no prompt had a relevant span
+    top = scores.top_heads(min(5, n_scored)) if n_scored else []
     frame = pd.DataFrame(
         [
             {
@@ -161,7 +162,7 @@ def contextual_scores_html(scores: Any) -> str:
     return card(
         "ContextualScores: attention mass of the answer rows per head",
         numbers,
-        scores.figure(),
+        scores.figure() if n_scored else None,
         frame_table(frame, "top heads by relevant mass"),
     )
 

@@ -202,3 +202,16 @@ def test_plain_reprs_are_one_line(model, prompts):
     ):
         text = repr(obj)
         assert text.startswith(start) and "\n" not in text and "tensor(" not in text
+
+
+def test_contextual_scores_card_without_relevant_spans():
+    """Prompts without a relevant document leave NaN relevant scores: the card still shows
+    the numbers it has, and no figure."""
+    from focuslens.scores.result import KINDS, ContextualScores
+
+    per_example = {k: torch.rand(2, 2, 3) for k in KINDS}
+    per_example["relevant"] = torch.full((2, 2, 3), float("nan"))
+    scores = ContextualScores.from_per_example(per_example)
+    text = scores._repr_html_()
+    assert numbers(text)["best head"] == "" and "Plotly.newPlot(" not in text
+    assert numbers(text)["examples"] == "2"
