@@ -51,6 +51,7 @@ _PUBLIC = {
     "FocusDirections": "focuslens.directions",
     "learn_focus_directions": "focuslens.directions",
     "steer": "focuslens.directions",
+    "pretrained_heads": "focuslens.directions",
     # evaluation
     "EvalResult": "focuslens.evaluation",
     "evaluate": "focuslens.evaluation",
@@ -58,6 +59,8 @@ _PUBLIC = {
     "contextual_head_experiment": "focuslens.evaluation",
     # plots
     "Report": "focuslens.plots",
+    # app
+    "explore": "focuslens.app.explorer",
 }
 _SUBPACKAGES = (
     "prompts",
@@ -74,9 +77,11 @@ _SUBPACKAGES = (
 )
 
 if TYPE_CHECKING:  # pragma: no cover - for type checkers and IDEs only
+    from focuslens.app.explorer import explore
     from focuslens.demo import load_demo_model
     from focuslens.directions.core import FocusDirections
     from focuslens.directions.learn import learn_focus_directions
+    from focuslens.directions.pretrained import pretrained_heads
     from focuslens.directions.steering import steer
     from focuslens.evaluation.accuracy import EvalResult, evaluate
     from focuslens.evaluation.experiments import HeadExperiment, contextual_head_experiment

@@ -130,6 +130,16 @@ print("contextual heads, best first:", top)
 focuslens.plots.head_scores(scores, ["relevant", "distractor_max", "sink"], top_k=3)
 
 # %% [markdown]
+# In a notebook, a result that ends a cell shows itself: its key numbers and a small
+# figure. The figure works offline: plotly's JavaScript comes from the package with the
+# first result shown in a session, never from the network. `print(scores)` gives the
+# one-line text form used in a terminal.
+
+# %%
+print(scores)
+scores
+
+# %% [markdown]
 # Only a few heads score high: they read the relevant document while the answer is
 # written; the others look at the distractors, the query or the sink. Compare a head's
 # relevant score with the largest single distractor (`distractor_max`): a contextual head

@@ -226,6 +226,46 @@ except ValueError as error:
     print("refused:", error)
 
 # %% [markdown]
+# ## Explore one prompt
+#
+# `focuslens.explore` puts the two knobs in one panel, for one prompt: `alpha` steers
+# the chosen heads with these directions, `tau` applies the split-softmax oracle of
+# notebook 02 to them (1 is off), and the head picker chooses the heads. Each change
+# redraws where the chosen heads look, by document, and the model's greedy answer. The
+# panel needs a running notebook; the numbers behind it come from
+# `focuslens.evaluation.explore.explore_view`, a plain function.
+#
+# The prompt below is one of the test prompts that the model gets wrong unsteered and right
+# at `alpha = 4` (the first such one, if any).
+
+# %%
+base, four = steered[0.0].to_dataframe(), steered[4.0].to_dataframe()
+fixed = base.loc[four["correct"] & ~base["correct"], "example"]
+example = int(fixed.iloc[0]) if len(fixed) else 0
+panel = focuslens.explore(model, test[example], directions, heads=top)
+panel
+
+# %% [markdown]
+# Move the sliders by hand, or from code as a lesson script would; each value change
+# recomputes the view (`panel.view`) and redraws the panel:
+
+# %%
+print("start:  ", panel.history[0])
+panel.alpha.value = 4.0
+print("alpha 4:", panel.view)
+panel.set(alpha=0.0, tau=0.1)
+print("tau 0.1:", panel.view)
+
+# %% [markdown]
+# The panel starts unsteered, with a wrong answer (the prompt was chosen so). At
+# `alpha = 4` the answer is right, though the chosen heads' attention on the relevant
+# document hardly moves, as in the table above. Split-softmax at `tau = 0.1` more than
+# doubles that attention and takes most of it off the distractors, yet here the answer
+# stays wrong. Attention on the right document is not the whole story: split-softmax
+# keeps how each head divides its attention inside the document, while a focus direction
+# changes it (its bias depends on each key's content).
+
+# %% [markdown]
 # ## What next
 #
 # [04 · Your own model](04-your-own-model.ipynb) runs the same pipeline on a model loaded

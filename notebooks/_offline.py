@@ -7,6 +7,8 @@ stand-ins built here, offline, in a temporary folder:
 * :func:`tiny_model`: a small *random* ``HookedTransformer`` with the architecture of
   the Llama family (RMSNorm, rotary, grouped-query attention, gated MLP) and a
   byte-level BPE tokenizer trained on a few sentences, with a chat template;
+* :func:`shaped_like`: the same with the attention shape of a model whose directions the
+  authors released (so that the shipped directions fit it);
 * :func:`fake_release`: files in the layout of the authors' release
   (``head_q_directions_{layer}.pth``, ``head_k_directions_{layer}.pth``, one pickled
   ``torch.nn.Parameter [n_heads, head_dim]`` each, and ``relevant_heads.json``), with
@@ -69,11 +71,13 @@ def tiny_model(
     n_heads: int = 8,
     n_key_value_heads: int = 2,
     d_head: int = 16,
+    d_model: int | None = None,
     seed: int = 0,
 ):
     """A small random ``HookedTransformer`` of the Llama family's architecture (RMSNorm,
     rotary embeddings, grouped-query attention, gated MLP), with a BPE tokenizer that
     has a chat template: what ``focuslens.model.loading.load_model("Qwen/...")`` gives, shrunk.
+    ``d_model`` defaults to ``n_heads * d_head``.
     """
     from transformer_lens import HookedTransformer, HookedTransformerConfig
     from transformers import PreTrainedTokenizerFast
@@ -83,11 +87,11 @@ def tiny_model(
     tok = PreTrainedTokenizerFast.from_pretrained(folder)  # a tokenizer with a path
     cfg = HookedTransformerConfig(
         n_layers=n_layers,
-        d_model=n_heads * d_head,
+        d_model=d_model or n_heads * d_head,
         n_heads=n_heads,
         n_key_value_heads=n_key_value_heads,
         d_head=d_head,
-        d_mlp=2 * n_heads * d_head,
+        d_mlp=2 * (d_model or n_heads * d_head),
         gated_mlp=True,
         act_fn="silu",
         d_vocab=len(tok),
@@ -109,6 +113,23 @@ def tiny_model(
                 )
     model.set_tokenizer(tok)
     return model.eval()
+
+
+def shaped_like(name: str, *, d_model: int = 32, seed: int = 0):
+    """A :func:`tiny_model` with the attention shape of a released model (layers, query
+    heads, key/value heads, head size) but a small width: a stand-in that the authors'
+    released directions (``FocusDirections.pretrained(name, model)``) fit."""
+    from focuslens.directions import FocusDirections
+
+    shape = FocusDirections.pretrained(name).shape
+    return tiny_model(
+        n_layers=shape.n_layers,
+        n_heads=shape.n_heads,
+        n_key_value_heads=shape.n_key_value_heads,
+        d_head=shape.d_head,
+        d_model=d_model,
+        seed=seed,
+    )
 
 
 def fake_release(

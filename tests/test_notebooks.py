@@ -125,3 +125,37 @@ def test_notebook_runs(name, record_property):
         if out.get("name") == "stderr" and "Warning" in out.get("text", "")
     ]
     assert not warnings, f"{name} printed a warning: {warnings[0][:300]}"
+    CHECKS.get(name[:2], lambda nb: None)(nb)
+
+
+def _code_cell(nb: nbformat.NotebookNode, text: str) -> nbformat.NotebookNode:
+    cells = [c for c in nb.cells if c.cell_type == "code" and text in c.source]
+    assert len(cells) == 1, f"expected one code cell with {text!r}, found {len(cells)}"
+    return cells[0]
+
+
+def _check_01(nb: nbformat.NotebookNode) -> None:
+    """A cell that ends with ``scores`` shows the card, offline (plotly's JS inline)."""
+    from plotly.offline import get_plotlyjs
+
+    cell = _code_cell(nb, "print(scores)\nscores")
+    (html,) = [o.data["text/html"] for o in cell.outputs if "text/html" in o.get("data", {})]
+    assert 'class="focuslens-result"' in html and "Plotly.newPlot(" in html
+    assert get_plotlyjs() in html and "<script src" not in html
+
+
+def _check_03(nb: nbformat.NotebookNode) -> None:
+    """The explorer is shown as a widget, and the scripted value changes redraw it."""
+    cell = _code_cell(nb, "panel = focuslens.explore(")
+    assert any(
+        "application/vnd.jupyter.widget-view+json" in o.get("data", {}) for o in cell.outputs
+    )
+    text = "".join(o.get("text", "") for o in _code_cell(nb, "panel.alpha.value = 4.0").outputs)
+    for label, setting in (("start:", "alpha=0, tau=1,"), ("alpha 4:", "alpha=4, tau=1,"),
+                           ("tau 0.1:", "alpha=0, tau=0.1,")):  # fmt: skip
+        line = next(line for line in text.splitlines() if line.startswith(label))
+        assert "ExplorerView(heads=[" in line and setting in line, line
+
+
+CHECKS = {"01": _check_01, "03": _check_03}
+"""What some notebooks must show, checked on the executed notebook."""

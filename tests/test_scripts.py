@@ -71,3 +71,23 @@ def test_bench_steering_quick(tmp_path):
     assert out.count("speed-up") == 2
     diffs = re.findall(r"max \|d_q difference\|\s+:\s+(\S+)", out)
     assert len(diffs) == 2 and all(float(d) < 1e-5 for d in diffs)  # the same computation
+
+
+RELEASE = Path("/work/shared/reference/focus_direction_release")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not RELEASE.is_dir(), reason="release files not present")
+def test_convert_release_reproduces_the_shipped_files(tmp_path):
+    """The shipped directions are what scripts/convert_release.py makes of the release,
+    and --check sees a difference."""
+    script = str(ROOT / "scripts" / "convert_release.py")
+    out = _run(script, "--release", str(RELEASE), "--check", cwd=tmp_path)
+    assert "matches the release (8 files)" in out
+    _run(script, "--release", str(RELEASE), "--out", str(tmp_path / "copy"), cwd=tmp_path)
+    heads = tmp_path / "copy" / "Qwen_Qwen2.5-7B-Instruct.heads.json"
+    heads.write_text(heads.read_text().replace("[19, 15], [19, 22]", "[19, 22], [19, 15]"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    args = [script, "--release", str(RELEASE), "--check", "--out", str(tmp_path / "copy")]
+    proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True)
+    assert proc.returncode == 1 and "Qwen_Qwen2.5-7B-Instruct.heads.json" in proc.stderr

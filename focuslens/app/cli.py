@@ -205,7 +205,14 @@ def build_parser() -> argparse.ArgumentParser:
             )
             p.set_defaults(func=cmd_eval)
         else:
-            p.add_argument("--directions", help="default: OUT/directions.safetensors")
+            p.add_argument(
+                "--directions",
+                help="a FocusDirections file (default: OUT/directions.safetensors), or "
+                "'pretrained': the authors' released directions shipped with focuslens for "
+                "--model (a Hugging Face id; 'pretrained:<id>' names it), which steer the "
+                "release's top heads (--k, default 20) unless --heads or OUT/heads.json "
+                "name others",
+            )
             p.add_argument(
                 "--alpha",
                 type=_alpha,

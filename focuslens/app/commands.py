@@ -51,9 +51,32 @@ def _heads(args: argparse.Namespace, run: RunFolder) -> list[tuple[int, int]]:
     return heads[: args.k] if args.k else heads
 
 
+def _pretrained_name(args: argparse.Namespace) -> str | None:
+    """The model id of ``--directions pretrained[:ID]`` (``--model`` without ``:ID``), checked
+    against the shipped release before the model loads; None for a directions file."""
+    from focuslens.directions.pretrained import pretrained_name
+
+    kind, _, name = (args.directions or "").partition(":")
+    if kind != "pretrained":
+        return None
+    try:
+        return pretrained_name(name or args.model)
+    except ValueError as exc:
+        hint = (
+            "" if name else " (for a local model folder, write --directions pretrained:<model id>)"
+        )
+        raise CommandError(f"--directions {args.directions}: {exc}{hint}") from None
+
+
 def _directions(args: argparse.Namespace, run: RunFolder, model: Model) -> Any:
     from focuslens.directions.core import FocusDirections
 
+    name = _pretrained_name(args)
+    if name is not None:
+        try:
+            return FocusDirections.pretrained(name, model)
+        except ValueError as exc:
+            raise CommandError(f"--directions {args.directions}: {exc}") from None
     path = Path(args.directions) if args.directions else run.path("directions")
     if not path.is_file():
         raise CommandError(f"{path} does not exist; run `focuslens learn --out {run.folder}` first")
@@ -200,11 +223,16 @@ def cmd_eval(args: argparse.Namespace) -> None:
 
 def cmd_steer(args: argparse.Namespace) -> None:
     from focuslens.app.run import Condition
+    from focuslens.directions.steering import DEFAULT_K
     from focuslens.heads import random_control
 
+    pretrained = _pretrained_name(args)  # an unknown model id fails before the model loads
     model, prompts, run = _setup(args)
-    heads = _heads(args, run)
     directions = _directions(args, run, model)
+    if pretrained and not args.heads and not run.path("heads").is_file():
+        heads = directions.heads[: args.k or DEFAULT_K]  # the authors' ranking and default
+    else:
+        heads = _heads(args, run)
     sets = {"top": heads}
     if args.random_heads:
         sets["random"] = list(random_control(heads, model, seed=args.seed))

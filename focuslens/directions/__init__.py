@@ -3,6 +3,8 @@
 :class:`FocusDirections` holds ``d_q`` and ``d_k`` per layer; :func:`learn_focus_directions`
 learns them as the paper does; :func:`steer` adds them to the chosen heads while a context is
 open (``alpha="auto"`` picks the magnitude per prompt, :mod:`focuslens.directions.magnitude`).
+:meth:`FocusDirections.pretrained` and :func:`pretrained_heads` give the authors' released
+directions and head rankings, shipped with focuslens (:mod:`focuslens.directions.pretrained`).
 """
 
 from focuslens.directions.closed_form import closed_form_gradient
@@ -10,6 +12,7 @@ from focuslens.directions.core import FORMAT, FocusDirections, ModelShape, hook_
 from focuslens.directions.inputs import LEARNING_RESPONSES
 from focuslens.directions.learn import direction_cosine, learn_focus_directions
 from focuslens.directions.magnitude import AutoAlpha
+from focuslens.directions.pretrained import PRETRAINED, pretrained_heads
 from focuslens.directions.steering import DEFAULT_K, FORMS, Steering, steer
 
 __all__ = [
@@ -26,4 +29,6 @@ __all__ = [
     "steer",
     "Steering",
     "AutoAlpha",
+    "PRETRAINED",
+    "pretrained_heads",
 ]

@@ -282,6 +282,12 @@ class FocusDirections:
         )
         return fig
 
+    def _repr_html_(self) -> str:
+        """A notebook card: shape, heads, norms, training (:mod:`focuslens.plots.notebook`)."""
+        from focuslens.plots import notebook
+
+        return notebook.directions_html(self)
+
     def __repr__(self) -> str:
         method = self.training.get("method", "?")
         return (
@@ -390,11 +396,7 @@ class FocusDirections:
         shape = ModelShape.of(model)
         if not folder.is_dir():
             raise ValueError(f"{folder} is not a folder of released direction files")
-        if shape.rotary and getattr(model.cfg, "rotary_adjacent_pairs", False):
-            raise ValueError(
-                "the released directions are in Hugging Face's rotate-half coordinates, but "
-                "this model uses adjacent rotary pairs (cfg.rotary_adjacent_pairs=True)"
-            )
+        _check_rotate_half(model)
         found = {"q": {}, "k": {}}
         for path in folder.glob("head_*_directions_*.pth"):
             match = re.fullmatch(r"head_([qk])_directions_(\d+)\.pth", path.name)
@@ -433,6 +435,50 @@ class FocusDirections:
                 "heads_file": None if heads_path is None else str(heads_path),
                 "model": getattr(model.cfg, "model_name", None),
             },
+        )
+
+    @classmethod
+    def pretrained(cls, name: str, model: Model | None = None) -> FocusDirections:
+        """The authors' released directions for ``name``, shipped with focuslens.
+
+        No download: the release (``billzyx/focus_direction``, MIT licence) is converted
+        once to safetensors and shipped in the package
+        (:mod:`focuslens.directions.pretrained`). The result equals what
+        :meth:`from_release` reads from the release's files, ranked heads included.
+
+        Args:
+            name: A Hugging Face model id: ``"meta-llama/Llama-3.2-3B-Instruct"``,
+                ``"Qwen/Qwen2.5-7B-Instruct"`` or ``"mistralai/Ministral-8B-Instruct-2410"``
+                (any case).
+            model: With a model, its shape is checked as in :meth:`from_release`.
+
+        Raises:
+            ValueError: For an unknown name (listing the known ones), or a model of
+                another shape (naming both shapes).
+
+        Example:
+            >>> fd = FocusDirections.pretrained("meta-llama/Llama-3.2-3B-Instruct")
+            >>> tuple(fd.d_q.shape), fd.top_heads(2)
+            ((28, 24, 128), HeadSet([L12H1, L13H23]))
+        """
+        from focuslens.directions.pretrained import pretrained_file, pretrained_name
+
+        known = pretrained_name(name)
+        out = cls.load(pretrained_file(known))
+        out.meta["model"] = known
+        if model is not None:
+            out.check_model(model)
+            _check_rotate_half(model)
+        return out
+
+
+def _check_rotate_half(model: Model) -> None:
+    """Refuse a rotary model whose rotary pairs are adjacent: the released vectors are in
+    Hugging Face's rotate-half coordinates."""
+    if rotary(model) and getattr(model.cfg, "rotary_adjacent_pairs", False):
+        raise ValueError(
+            "the released directions are in Hugging Face's rotate-half coordinates, but "
+            "this model uses adjacent rotary pairs (cfg.rotary_adjacent_pairs=True)"
         )
 
 

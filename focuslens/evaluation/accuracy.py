@@ -185,6 +185,13 @@ class EvalResult:
             **{k: paired[k] for k in ("difference", "low", "high", "fixed", "broken", "p_value")},
         }
 
+    def _repr_html_(self) -> str:
+        """A notebook card: accuracy with its interval, attention, first answers
+        (:mod:`focuslens.plots.notebook`)."""
+        from focuslens.plots import notebook
+
+        return notebook.eval_result_html(self)
+
     def __repr__(self) -> str:
         heads = "" if self.heads is None else f", heads={len(self.heads)}"
         return f"EvalResult(n={self.n}, accuracy={self.accuracy:.3f}{heads})"

@@ -104,6 +104,16 @@ class HeadScores:
             {self.name: self.values}, kind=self.name, top_k=top_k, title=title, ci=interval
         )
 
+    def _repr_html_(self) -> str:
+        """A notebook card: top heads and the heatmap (:mod:`focuslens.plots.notebook`)."""
+        from focuslens.plots import notebook
+
+        return notebook.head_scores_html(self)
+
+    def __repr__(self) -> str:
+        n = "" if self.per_example is None else f", n_examples={self.per_example.shape[0]}"
+        return f"{type(self).__name__}(name={self.name!r}, shape={tuple(self.values.shape)}{n})"
+
 
 __all__ = [
     "HeadScores",

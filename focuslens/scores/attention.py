@@ -254,6 +254,18 @@ class AttentionMap:
 
         return plots.attention_figure(self, **kwargs)
 
+    def _repr_html_(self) -> str:
+        """A notebook card: mass by document per head (:mod:`focuslens.plots.notebook`)."""
+        from focuslens.plots import notebook
+
+        return notebook.attention_map_html(self)
+
+    def __repr__(self) -> str:
+        return (
+            f"AttentionMap(heads=[{', '.join(self.head_names())}], rows={len(self.rows)}, "
+            f"keys={self.n_keys}, query={self.query!r})"
+        )
+
 
 def _token_strings(model: Model, tokens: Tensor) -> list[str]:
     tokenizer = model.tokenizer

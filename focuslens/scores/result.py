@@ -218,6 +218,12 @@ class ContextualScores:
 
         return plots.head_scores(self, kind=kind, **kwargs)
 
+    def _repr_html_(self) -> str:
+        """A notebook card: key numbers and the heatmap (:mod:`focuslens.plots.notebook`)."""
+        from focuslens.plots import notebook
+
+        return notebook.contextual_scores_html(self)
+
     def __repr__(self) -> str:
         top = ", ".join(f"L{l}H{h}" for l, h in self.top_heads(min(5, self.relevant.numel())))
         spans = f", spans={list(self.span_names)}" if self.span_names else ""

@@ -397,3 +397,55 @@ def test_learn_from_a_labeled_file_end_to_end(capsys, tmp_path, files):
         capsys, "steer", *common, "--data", str(data), "--alpha", "auto", "--max-new-tokens", "2"
     )
     _one_line_error(code, err, "alpha='auto' needs a target")
+
+
+# ---------------------------------------------------------------------- released directions
+def test_steer_with_the_pretrained_directions(capsys, tmp_path, monkeypatch):
+    """`steer --directions pretrained:<id>` steers the release's top --k heads on a model of
+    the released model's shape; an unknown id fails before the model loads."""
+    from _tiny import word_tokenizer
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from focuslens.app.run import Condition
+    from focuslens.directions.pretrained import pretrained_heads
+
+    tok = word_tokenizer()
+    cfg = HookedTransformerConfig(
+        n_layers=28, d_model=16, n_heads=24, n_key_value_heads=8, d_head=128, d_mlp=16,
+        d_vocab=len(tok), n_ctx=256, act_fn="silu", normalization_type="RMS",
+        positional_embedding_type="rotary", rotary_dim=128, default_prepend_bos=True, seed=0,
+        model_name="llama-3.2-3b-shaped",
+    )  # fmt: skip
+    model = HookedTransformer(cfg, tokenizer=tok)
+    save_model_folder(model, tmp_path / "model")
+    write_prompts(make_prompts(2, seed=1), tmp_path / "test.jsonl")
+    common = ["--model", str(tmp_path / "model"), "--data", str(tmp_path / "test.jsonl")]
+    common += ["--quiet", "--threads", "1", "--max-new-tokens", "2", "--alpha", "0.3"]
+    out = tmp_path / "run"
+    code, _, err = run(capsys, "steer", *common, "--out", str(out), "--directions", "pretrained")
+    assert code == 1 and "no released focus directions for" in err and "pretrained:<model" in err
+    assert not out.exists()  # refused before anything was loaded or written
+    steered = []
+    original = Condition.intervention
+    monkeypatch.setattr(
+        Condition,
+        "intervention",
+        lambda self, heads, directions=None: (
+            steered.append(list(heads)) or original(self, heads, directions)
+        ),
+    )
+    name = "pretrained:meta-llama/Llama-3.2-3B-Instruct"
+    code, stdout, err = run(
+        capsys, "steer", *common, "--out", str(out), "--directions", name, "--k", "3"
+    )
+    assert code == 0, err
+    assert "steer top-3 alpha=0.3: accuracy" in stdout
+    evals = RunFolder(out).evals()
+    assert set(evals.condition) == {"steer top-3 alpha=0.3"} and len(evals) == 2
+    assert steered == [pretrained_heads("meta-llama/Llama-3.2-3B-Instruct")[:3]]
+    # A model of another shape: both shapes named.
+    code, _, err = run(
+        capsys, "steer", *common, "--out", str(out), "--directions",
+        "pretrained:Qwen/Qwen2.5-7B-Instruct",
+    )  # fmt: skip
+    assert code == 1 and "28 layers x 28 heads" in err and "28 layers x 24 heads" in err
