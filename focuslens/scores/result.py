@@ -225,7 +225,10 @@ class ContextualScores:
         return notebook.contextual_scores_html(self)
 
     def __repr__(self) -> str:
-        top = ", ".join(f"L{l}H{h}" for l, h in self.top_heads(min(5, self.relevant.numel())))
+        n_scored = int((~torch.isnan(self.relevant)).sum())
+        top = (
+            ", ".join(f"L{l}H{h}" for l, h in self.top_heads(min(5, n_scored))) if n_scored else ""
+        )
         spans = f", spans={list(self.span_names)}" if self.span_names else ""
         return (
             f"ContextualScores(n_layers={self.n_layers}, n_heads={self.n_heads}, "

@@ -215,3 +215,4 @@ def test_contextual_scores_card_without_relevant_spans():
     text = scores._repr_html_()
     assert numbers(text)["best head"] == "" and "Plotly.newPlot(" not in text
     assert numbers(text)["examples"] == "2"
+    assert repr(scores).endswith("top=[])")  # the plain repr too
