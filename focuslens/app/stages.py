@@ -218,11 +218,15 @@ def stage_scores(
 def stage_effects(
     model: Model, prompts: Sequence[LabeledPrompt], run: RunFolder, *, batch_size: int = 8
 ) -> dict[str, Any]:
-    """Zero-ablation effect of each head on log p(answer) and its attribution-patching
-    estimate; saved as ``effects.safetensors`` (one ``[n_layers, n_heads]`` table each)."""
+    """Zero-ablation effect of each head on log p(answer), its attribution-patching
+    estimate, and (for prompts built from documents with a relevant one) the effect of
+    patching the head's output from the gold-only prompt, with its 95 % bootstrap
+    interval; saved as ``effects.safetensors`` (one ``[n_layers, n_heads]`` table each;
+    the interval as ``<name> low`` and ``<name> high``)."""
     from safetensors.torch import save_file
 
     from focuslens.interventions.effects import ablation_effects, attribution_patching
+    from focuslens.interventions.patching import patch_heads
 
     target = "response" if all(p.response for p in prompts) else "answer"
     kw = {"target": target, "batch_size": batch_size}
@@ -230,19 +234,56 @@ def stage_effects(
         "zero ablation": ablation_effects(model, prompts, **kw).values,
         "attribution patching": attribution_patching(model, prompts, **kw).values,
     }
+    patchable = [p for p in prompts if p.has_variants and p.relevant is not None]
+    if len(patchable) >= 2:
+        patched = patch_heads(model, patchable, source="gold_only", **kw)
+        low, high = patched.ci(0.95)
+        tables.update(
+            {
+                PATCHING: patched.values,
+                f"{PATCHING} low": low,
+                f"{PATCHING} high": high,
+            }
+        )
     with run.writing("effects") as tmp:
         save_file({k: v.detach().float().cpu().contiguous() for k, v in tables.items()}, str(tmp))
-    run.record("effects", {"n_prompts": len(prompts), "target": target, "mode": "zero"})
+    run.record(
+        "effects",
+        {
+            "n_prompts": len(prompts),
+            "n_patched": len(patchable) if PATCHING in tables else 0,
+            "target": target,
+            "mode": "zero",
+        },
+    )
     return tables
 
 
+PATCHING = "gold-only patching"
+"""The name of the patching table in ``effects.safetensors``."""
+
+
 def read_effects(run: RunFolder) -> dict[str, Any]:
-    """The tables that :func:`stage_effects` saved."""
+    """The tables that :func:`stage_effects` saved (intervals left out: see
+    :func:`read_effect_intervals`)."""
     from safetensors.torch import load_file
 
     tables = load_file(str(run.need("effects", "scores --effects")))
-    order = [k for k in ("zero ablation", "attribution patching") if k in tables]
+    tables = {k: v for k, v in tables.items() if not k.endswith((" low", " high"))}
+    order = [k for k in ("zero ablation", "attribution patching", PATCHING) if k in tables]
     return {k: tables[k] for k in [*order, *sorted(set(tables) - set(order))]}
+
+
+def read_effect_intervals(run: RunFolder) -> dict[str, tuple[Any, Any]]:
+    """``{name: (low, high)}`` of the tables that :func:`stage_effects` saved intervals for."""
+    from safetensors.torch import load_file
+
+    tables = load_file(str(run.need("effects", "scores --effects")))
+    return {
+        k[: -len(" low")]: (v, tables[k[: -len(" low")] + " high"])
+        for k, v in tables.items()
+        if k.endswith(" low")
+    }
 
 
 def stage_learn(

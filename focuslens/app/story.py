@@ -249,22 +249,26 @@ def _heads_section(report: Report, run: RunFolder) -> None:
 def _effects_section(report: Report, run: RunFolder) -> None:
     if not run.has("effects"):
         return
-    from focuslens.app.stages import read_effects
+    from focuslens.app.stages import PATCHING, read_effect_intervals, read_effects
     from focuslens.heads import rank_correlation
 
     tables = read_effects(run)
+    intervals = read_effect_intervals(run)
+    n = run.settings().get("effects", {}).get("n_prompts")
+    ablations = {k: v for k, v in tables.items() if k != PATCHING}
     fig = plots.head_effects(
-        tables,
+        ablations,
         label="change in log p(answer)",
         title="Effect of ablating each head on log p(answer)",
     )
-    names = list(tables)
+    names = list(ablations)
     numbers: dict[str, Any] = {}
     text = (
         "Do the contextual heads matter for the answer? Each head's output is set to zero, one "
         "head at a time, and the change in the log-probability of the gold answer is measured "
         "(left, exact); attribution patching estimates all of them from one forward and "
-        "backward pass (right). Blue: the answer becomes less likely without the head."
+        "backward pass (right). Blue: the answer becomes less likely without the head"
+        + (f" ({n} prompts)." if n else ".")
     )
     if len(names) == 2:
         rho = rank_correlation(tables[names[0]], tables[names[1]])
@@ -272,8 +276,40 @@ def _effects_section(report: Report, run: RunFolder) -> None:
     ablation = tables[names[0]]
     worst = divmod(int(ablation.argmin()), ablation.shape[1])
     numbers["most needed head"] = f"{str_head(worst)} ({float(ablation[worst]):.2f})"
+    figures = [fig]
+    if PATCHING in tables:
+        patched = tables[PATCHING]
+        figures.append(
+            plots.head_effects(
+                {PATCHING: patched},
+                label="change in log p(answer)",
+                title="Effect of patching each head from the gold-only prompt",
+                ci={PATCHING: intervals[PATCHING]} if PATCHING in intervals else None,
+            )
+        )
+        best = divmod(int(patched.argmax()), patched.shape[1])
+        text += (
+            " Ablation finds the heads the answer needs on every prompt. Whether the "
+            "distractors' harm passes through a head is a narrower question, which patching "
+            "answers (second figure): the head's output at the answer rows is taken from the "
+            "prompt's gold-only variant (the relevant document alone) and written into the "
+            "distracted run; red: the answer becomes more likely. Hover a head for its 95 % "
+            "bootstrap interval over prompts."
+        )
+        label = f"{str_head(best)} ({float(patched[best]):+.2f}"
+        if PATCHING in intervals:
+            low, high = (float(t[best]) for t in intervals[PATCHING])
+            label += f", 95 % [{low:+.2f}, {high:+.2f}]"
+        numbers["head that patching helps most"] = label + ")"
+        if run.has("scores"):
+            scores = ContextualScores.load(run.path("scores"))
+            rho = rank_correlation(scores.relevant, patched)
+            numbers["contextual score vs patching (Spearman)"] = f"{rho:.2f}"
     report.add_section(
-        "Do the contextual heads matter? Ablation", text, numbers=numbers, figures=[fig]
+        "Do the contextual heads matter? Ablation and patching",
+        text,
+        numbers=numbers,
+        figures=figures,
     )
 
 

@@ -130,6 +130,17 @@ def test_scores_learn_eval_steer_report_through_files(capsys, tmp_path, files):
     assert saved.span_names == ("instruction", "question")
     assert f"question {question:.3f}" in stdout
     assert (out / "effects.safetensors").is_file() and (out / "attention.safetensors").is_file()
+    # The patching table is what patch_heads gives on those prompts, with its interval.
+    from safetensors.torch import load_file
+
+    from focuslens import patch_heads
+
+    saved_effects = load_file(str(out / "effects.safetensors"))
+    patched = patch_heads(model, read_prompts(train)[:2], target="response")
+    torch.testing.assert_close(saved_effects["gold-only patching"], patched.values)
+    low, high = patched.ci(0.95)
+    torch.testing.assert_close(saved_effects["gold-only patching low"], low)
+    torch.testing.assert_close(saved_effects["gold-only patching high"], high)
 
     code, stdout, _ = run(capsys, "learn", *common, "--data", train, "--epochs", "1")
     assert code == 0 and (out / "directions.safetensors").is_file()
@@ -173,7 +184,7 @@ def test_scores_learn_eval_steer_report_through_files(capsys, tmp_path, files):
     html = (out / "report.html").read_text()
     for title in (
         "Contextual heads",
-        "Do the contextual heads matter? Ablation",
+        "Do the contextual heads matter? Ablation and patching",
         "Is attention the lever? Split-softmax",
         "Focus directions",
         "Steering with focus directions",
