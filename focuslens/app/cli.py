@@ -158,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=0,
         metavar="N",
-        help="also ablate each head on the first N prompts (0: no)",
+        help="also ablate each head, and patch it from the gold-only prompt, on the first N prompts (0: no)",
     )
     p.set_defaults(func=cmd_scores)
 
