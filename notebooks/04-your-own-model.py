@@ -12,10 +12,10 @@
 #
 # **This notebook needs weights you download.** Set the parameters below: a model name
 # TransformerLens knows (its weights in your Hugging Face cache, e.g. after
-# `huggingface-cli download meta-llama/Llama-3.2-3B-Instruct`) and, for part 5, the
-# folder of the authors' released directions (from their repository,
-# `billzyx/focus_direction`) for that model. Released directions exist for
-# Llama-3.2-3B-Instruct, Qwen2.5-7B-Instruct and Ministral-8B-Instruct-2410.
+# `huggingface-cli download meta-llama/Llama-3.2-3B-Instruct`). For part 5, the authors'
+# released directions for Llama-3.2-3B-Instruct, Qwen2.5-7B-Instruct and
+# Ministral-8B-Instruct-2410 ship with focuslens (`FocusDirections.pretrained`); for
+# another model, set `RELEASE_DIR` to a folder in the release's layout.
 #
 # **What the tests run.** focuslens's tests execute this notebook offline with
 # `SMOKE_TEST = True`: the model is then a small *random* model of the Llama family's
@@ -27,7 +27,7 @@
 # %% tags=["parameters"]
 # parameters
 MODEL_NAME = "meta-llama/Llama-3.2-3B-Instruct"  # any name TransformerLens knows
-RELEASE_DIR = "focus_direction/head_features/meta-llama_Llama-3.2-3B-Instruct/direction_relevant"
+RELEASE_DIR = None  # a folder in the release's layout; None: the shipped release, by name
 N_HEADS = 20  # contextual heads to steer (the authors' default)
 ALPHA = 0.3  # steering strength (the authors use 0.2 or 0.3 with 20 heads)
 MAX_NEW_TOKENS = 32
@@ -164,17 +164,31 @@ steered.to_dataframe()[["prediction", "correct", "attn_relevant", "attn_sink"]]
 # %% [markdown]
 # ## 5 · The authors' released directions
 #
-# `FocusDirections.from_release` reads the release's per-layer
+# For the three released models, `FocusDirections.pretrained(MODEL_NAME, model)` loads
+# the directions and ranked heads shipped with focuslens (no download). For a folder in
+# the release's layout, `FocusDirections.from_release` reads its per-layer
 # `head_{q,k}_directions_{layer}.pth` files with `torch.load(..., weights_only=True)` (no
-# code is unpickled) and its ranked `relevant_heads.json`, and checks every shape against
+# code is unpickled) and its ranked `relevant_heads.json`. Both check every shape against
 # the model, naming both when they differ. Their heads are the authors' contextual heads,
 # best first; steer the top `N_HEADS` with `ALPHA`, as in the paper.
 
 # %%
 from pathlib import Path
 
-if Path(RELEASE_DIR).is_dir():
+from focuslens.directions.pretrained import pretrained_name
+
+released = None
+if RELEASE_DIR is not None and Path(RELEASE_DIR).is_dir():
     released = focuslens.FocusDirections.from_release(RELEASE_DIR, model)
+else:
+    try:
+        known = pretrained_name(MODEL_NAME)
+    except ValueError as exc:
+        known = None
+        print(f"no released directions: {exc}; set RELEASE_DIR to a release folder")
+    if known is not None:
+        released = focuslens.FocusDirections.pretrained(known, model)
+if released is not None:
     print(released)
     print("the authors' top heads:", released.top_heads(5))
     overlap = set(released.top_heads(N_HEADS)) & set(heads)
@@ -183,8 +197,6 @@ if Path(RELEASE_DIR).is_dir():
         model, prompts, intervention=released.steering(N_HEADS, ALPHA), **kw
     )
     print(f"steered with the released directions: accuracy {with_release.accuracy:.2f}")
-else:
-    print(f"no release folder at {RELEASE_DIR!r}: set RELEASE_DIR to run this part")
 
 # %% [markdown]
 # Save what you learned to share it (`learned.save("my-model.safetensors")`), and write
