@@ -71,3 +71,15 @@ def test_bench_steering_quick(tmp_path):
     assert out.count("speed-up") == 2
     diffs = re.findall(r"max \|d_q difference\|\s+:\s+(\S+)", out)
     assert len(diffs) == 2 and all(float(d) < 1e-5 for d in diffs)  # the same computation
+
+
+@pytest.mark.slow
+def test_bench_fused_quick(tmp_path):
+    out = _run(
+        str(ROOT / "benchmarks" / "bench_fused.py"), "--quick", "--json", "f.json", cwd=tmp_path
+    )
+    results = json.loads((tmp_path / "f.json").read_text())
+    assert {"bound@512", "ours@1024", "authors@512", "steering", "evaluate"} <= set(results)
+    assert results["evaluate"]["same_rows"] is True
+    assert re.search(r"contextual_scores / fused bound, time: [\d.]+x at 512", out)
+    assert "authors' style / contextual_scores at 512" in out and "| 480 | ours |" in out
