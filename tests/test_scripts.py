@@ -73,7 +73,7 @@ def test_bench_steering_quick(tmp_path):
     assert len(diffs) == 2 and all(float(d) < 1e-5 for d in diffs)  # the same computation
 
 
-RELEASE = Path("/work/shared/reference/focus_direction_release")
+RELEASE = ROOT.parent / "shared" / "reference" / "focus_direction_release"  # beside the checkout
 
 
 @pytest.mark.slow
@@ -91,3 +91,15 @@ def test_convert_release_reproduces_the_shipped_files(tmp_path):
     args = [script, "--release", str(RELEASE), "--check", "--out", str(tmp_path / "copy")]
     proc = subprocess.run([sys.executable, *args], env=env, capture_output=True, text=True)
     assert proc.returncode == 1 and "Qwen_Qwen2.5-7B-Instruct.heads.json" in proc.stderr
+
+
+@pytest.mark.slow
+def test_bench_fused_quick(tmp_path):
+    out = _run(
+        str(ROOT / "benchmarks" / "bench_fused.py"), "--quick", "--json", "f.json", cwd=tmp_path
+    )
+    results = json.loads((tmp_path / "f.json").read_text())
+    assert {"bound@512", "ours@1024", "authors@512", "steering", "evaluate"} <= set(results)
+    assert results["evaluate"]["same_rows"] is True
+    assert re.search(r"contextual_scores / fused bound, time: [\d.]+x at 512", out)
+    assert "authors' style / contextual_scores at 512" in out and "| 480 | ours |" in out

@@ -4,8 +4,10 @@ One call, :func:`evaluate`, gives accuracy and attention allocation for any
 intervention, so that "accuracy" means the same thing everywhere in focuslens:
 
 1. each prompt is tokenised with :func:`focuslens.tokenize_prompt` (its ``response``,
-   if any, is ignored) and answered by :func:`generate_greedy`, one prompt at a time,
-   inside ``intervention.apply(model, [prompt])``;
+   if any, is ignored) and answered greedily inside ``intervention.apply(model,
+   prompts_of_the_batch)``, ``batch_size`` prompts at a time
+   (:func:`~focuslens.model.batched.generate_greedy_batch`: right padding behind each
+   prompt, so every token keeps its position; the same answers as one at a time);
 2. the answer is scored by the metric (the ``metric`` argument, else the prompt's
    ``meta["metric"]``, else :func:`best_subspan_em`);
 3. with ``heads``, the answer is appended to the prompt (teacher forcing) and
@@ -16,8 +18,8 @@ intervention, so that "accuracy" means the same thing everywhere in focuslens:
 Interventions (split-softmax, PASTA, focus-direction steering) are any object with an
 ``apply(model, prompts)`` method that returns a context manager: see
 :class:`Intervention`. Oracle interventions read the labelled spans of the prompts they
-are given; since generation is unbatched and unpadded, those spans keep their token
-positions in every forward pass.
+are given; since batched generation pads only after each prompt, those spans keep
+their token positions in every forward pass.
 
 Tasks can carry their own defaults in ``prompt.meta``: ``"metric"`` (a name in
 :data:`METRICS` or a callable), ``"max_new_tokens"`` and ``"stop_strings"``; explicit
@@ -45,7 +47,8 @@ from focuslens.evaluation.metrics import (
 )
 from focuslens.heads import HeadSet
 from focuslens.interventions.base import Intervention, applied
-from focuslens.model.generation import Generation, answer_tokens, generate_greedy
+from focuslens.model.batched import generate_greedy_batch
+from focuslens.model.generation import Generation, answer_tokens
 from focuslens.model.responses import answer_settings
 from focuslens.prompts.spans import LabeledPrompt
 from focuslens.prompts.tokens import TokenizedPrompt, tokenize_prompt
@@ -270,17 +273,15 @@ class _Options:
         return (metric, *answer_settings(prompt, self.max_new_tokens, self.stop_strings))
 
 
-def _one(model: Model, index: int, prompt: LabeledPrompt, options: _Options) -> dict[str, Any]:
-    metric, max_new, stops = options.for_prompt(prompt)
-    tp = tokenize_prompt(model, prompt)
-    with applied(options.intervention, model, [prompt]):
-        gen: Generation = generate_greedy(
-            model,
-            tp.tokens[: tp.n_prompt],
-            max_new_tokens=max_new,
-            stop_ids=options.stop_ids,
-            stop_strings=stops,
-        )
+def _row(
+    model: Model,
+    index: int,
+    prompt: LabeledPrompt,
+    tp: TokenizedPrompt,
+    gen: Generation,
+    options: _Options,
+) -> dict[str, Any]:
+    metric = options.for_prompt(prompt)[0]
     row = {
         "example": index,
         "prediction": gen.text,
@@ -304,6 +305,37 @@ def _one(model: Model, index: int, prompt: LabeledPrompt, options: _Options) -> 
     return row
 
 
+def _batches(prompts: list[LabeledPrompt], options: _Options, size: int) -> list[list[int]]:
+    """Prompt indices in batches of at most ``size`` that share max_new_tokens and stop
+    strings (so one batched generation serves them all), in order of first index."""
+    groups: dict[Any, list[int]] = {}
+    for i, prompt in enumerate(prompts):
+        _, max_new, stops = options.for_prompt(prompt)
+        key = (max_new, tuple(stops) if isinstance(stops, (list, tuple)) else stops)
+        groups.setdefault(key, []).append(i)
+    out = [g[s : s + size] for g in groups.values() for s in range(0, len(g), size)]
+    return sorted(out, key=lambda b: b[0])
+
+
+def _generate(
+    model: Model,
+    batch: list[int],
+    prompts: list[LabeledPrompt],
+    tps: list[TokenizedPrompt],
+    options: _Options,
+) -> list[Generation]:
+    """Greedy answers of the prompts ``batch``, generated together under the intervention."""
+    _, max_new, stops = options.for_prompt(prompts[batch[0]])
+    with applied(options.intervention, model, [prompts[i] for i in batch]):
+        return generate_greedy_batch(
+            model,
+            [tps[i].tokens[: tps[i].n_prompt] for i in batch],
+            max_new_tokens=max_new,
+            stop_ids=options.stop_ids,
+            stop_strings=stops,
+        )
+
+
 def evaluate(
     model: Model,
     prompts: Iterable[LabeledPrompt] | LabeledPrompt,
@@ -316,6 +348,7 @@ def evaluate(
     heads: HeadSet | Iterable[Any] | None = None,
     sink: int = 2,
     progress: bool = True,
+    batch_size: int = 8,
 ) -> EvalResult:
     """Answer each prompt greedily, score the answers, and optionally measure attention.
 
@@ -323,8 +356,9 @@ def evaluate(
         model: A ``HookedTransformer`` (or ``TransformerBridge``) with a tokenizer.
         prompts: Labelled prompts; their ``answers`` are the gold answers and their
             ``response`` is ignored.
-        intervention: An :class:`Intervention`; ``intervention.apply(model, [prompt])``
-            is entered around each prompt's generation (and its attention pass).
+        intervention: An :class:`Intervention`; ``intervention.apply(model, prompts)``
+            is entered around each batch's generation (with the batch's prompts) and
+            each prompt's attention pass (with that prompt).
         metric: A name in :data:`METRICS` or a callable ``(prediction, answers) ->
             bool``; default: each prompt's ``meta["metric"]``, else best subspan EM.
         max_new_tokens: Default: ``meta["max_new_tokens"]``, else 100.
@@ -339,6 +373,11 @@ def evaluate(
             prompt under the same intervention (the stopping token left out).
         sink: Leading positions counted as the attention sink.
         progress: Show a progress bar over the prompts.
+        batch_size: Prompts answered together (one batched greedy generation,
+            :func:`~focuslens.model.batched.generate_greedy_batch`, among prompts that share
+            ``max_new_tokens`` and stop strings). The answers and rows are those of one
+            prompt at a time (``batch_size=1``); the intervention is applied to each batch's
+            prompts, in order.
 
     Returns:
         An :class:`EvalResult` (``.accuracy``, ``.to_dataframe()``, ``.summary()``).
@@ -371,12 +410,29 @@ def evaluate(
         get_metric(metric)  # fail before generating anything
     pairs = _check_heads(model, heads) if heads is not None else None
     options = _Options(intervention, metric, max_new_tokens, stop_strings, stop_ids, pairs, sink)
-    rows = []
-    for i, prompt in enumerate(tqdm(prompts, desc="evaluate", unit="prompt", disable=not progress)):
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    tps = []
+    for i, prompt in enumerate(prompts):
         try:
-            rows.append(_one(model, i, prompt, options))
+            tps.append(tokenize_prompt(model, prompt))
         except ValueError as exc:
             raise ValueError(f"prompt {i}: {exc}") from None
+    rows: list[dict[str, Any]] = [{} for _ in prompts]
+    bar = tqdm(total=len(prompts), desc="evaluate", unit="prompt", disable=not progress)
+    for batch in _batches(prompts, options, batch_size):
+        try:
+            gens = _generate(model, batch, prompts, tps, options)
+        except ValueError as exc:
+            where = f"prompt {batch[0]}" if len(batch) == 1 else f"prompts {batch}"
+            raise ValueError(f"{where}: {exc}") from None
+        for i, gen in zip(batch, gens):
+            try:
+                rows[i] = _row(model, i, prompts[i], tps[i], gen, options)
+            except ValueError as exc:
+                raise ValueError(f"prompt {i}: {exc}") from None
+        bar.update(len(batch))
+    bar.close()
     frame = pd.DataFrame(rows, columns=None if rows else list(_CORE))
     meta = {
         "metric": None if metric is None else metric_name(metric),

@@ -1,12 +1,14 @@
 """The model layer: loading, hooks, generation and long-context prefill.
 
 Everything that touches a model's forward pass directly lives here: the hook names and the one
-hook context (:mod:`focuslens.model.hooks`), loading and the backend self-test
-(:mod:`focuslens.model.loading`), greedy generation (:mod:`focuslens.model.generation`), chunked
+hook context (:mod:`focuslens.model.hooks`), fused attention (:mod:`focuslens.model.fused`), loading and the backend self-test
+(:mod:`focuslens.model.loading`), greedy generation (:mod:`focuslens.model.generation`, batched: :mod:`focuslens.model.batched`), chunked
 prefill through the KV cache (:mod:`focuslens.model.prefill`) and memory estimates
 (:mod:`focuslens.model.memory`).
 """
 
+from focuslens.model.batched import generate_greedy_batch
+from focuslens.model.fused import FusedAttention, fused_attention
 from focuslens.model.generation import (
     Generation,
     StopReason,
@@ -31,9 +33,12 @@ __all__ = [
     "BackendReport",
     "check_backend",
     "load_model",
+    "fused_attention",
+    "FusedAttention",
     "answer_tokens",
     "find_stop",
     "generate_greedy",
+    "generate_greedy_batch",
     "Generation",
     "StopReason",
     "chunked_forward",

@@ -23,6 +23,7 @@ Stop conditions, checked after each new token:
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -31,6 +32,7 @@ import torch
 from jaxtyping import Int
 from torch import Tensor
 
+from focuslens.model.fused import fused_attention
 from focuslens.typing import Model
 
 StopReason = Literal["eos", "stop_string", "max_new_tokens", "n_ctx"]
@@ -159,6 +161,7 @@ def generate_greedy(
     stop_strings: str | Sequence[str] | None = None,
     use_cache: bool = True,
     chunk_size: int | None = None,
+    fused: bool = True,
 ) -> Generation:
     """Greedy decoding of one prompt with the model's KV cache.
 
@@ -176,6 +179,9 @@ def generate_greedy(
         chunk_size: Prefill a long prompt in chunks of this many tokens through the KV
             cache (:func:`focuslens.model.prefill.chunked_forward`), so no layer holds more than
             ``chunk_size x n`` attention scores; the same tokens. Default: one pass.
+        fused: Run the attention fused (:func:`focuslens.model.fused.fused_attention`: no
+            ``n x n`` pattern except on layers whose scores or pattern are hooked); False
+            runs TransformerLens's own attention everywhere.
 
     Returns:
         A :class:`Generation` with the new tokens, the answer text and the stop reason.
@@ -212,31 +218,55 @@ def generate_greedy(
         check_chunk_size(chunk_size)
     step = _stepper(model, prompt, use_cache, chunk_size)
     new: list[int] = []
-    reason: StopReason = "max_new_tokens"
-    cut: int | None = None
-    with torch.no_grad():
+    stop = _Stop(tokenizer, stops, strings, max_new_tokens, int(prompt.numel()), n_ctx)
+    with torch.no_grad(), fused_attention(model) if fused else contextlib.nullcontext():
         logits = step(None)
         while True:
-            token = int(logits.argmax())
-            new.append(token)
-            if token in stops:
-                reason = "eos"
+            new.append(int(logits.argmax()))
+            if stop.check(new):
                 break
-            if strings:
-                cut = find_stop(tokenizer.decode(new, skip_special_tokens=True), strings)
-                if cut is not None:
-                    reason = "stop_string"
-                    break
-            if len(new) >= max_new_tokens:
-                break
-            if prompt.numel() + len(new) > n_ctx:
-                reason = "n_ctx"
-                break
-            logits = step(token)
-    text = tokenizer.decode(new, skip_special_tokens=True)
-    return Generation(
-        tokens=torch.tensor(new, dtype=torch.long), text=text[:cut], stop_reason=reason
-    )
+            logits = step(new[-1])
+    return stop.generation(new)
+
+
+@dataclass
+class _Stop:
+    """The stop conditions of one greedy generation (module docstring)."""
+
+    tokenizer: Any
+    stop_ids: set[int]
+    stop_strings: tuple[str, ...]
+    max_new_tokens: int
+    n_prompt: int
+    n_ctx: int
+    reason: StopReason = "max_new_tokens"
+    cut: int | None = None
+
+    def check(self, new: list[int]) -> bool:
+        """Whether to stop after the tokens ``new`` (recording why)."""
+        if new[-1] in self.stop_ids:
+            self.reason = "eos"
+            return True
+        if self.stop_strings:
+            text = self.tokenizer.decode(new, skip_special_tokens=True)
+            self.cut = find_stop(text, self.stop_strings)
+            if self.cut is not None:
+                self.reason = "stop_string"
+                return True
+        if len(new) >= self.max_new_tokens:
+            return True
+        if self.n_prompt + len(new) > self.n_ctx:
+            self.reason = "n_ctx"
+            return True
+        return False
+
+    def generation(self, new: list[int]) -> Generation:
+        text = self.tokenizer.decode(new, skip_special_tokens=True)
+        return Generation(
+            tokens=torch.tensor(new, dtype=torch.long),
+            text=text[: self.cut],
+            stop_reason=self.reason,
+        )
 
 
 def answer_tokens(generation: Generation, tokenizer: Any) -> Tensor:

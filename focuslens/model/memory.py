@@ -79,7 +79,8 @@ def estimate_memory(model: HasConfig, n_tokens: int, chunk_size: int) -> int:
     its NaN-cleaned copy), the re-rotated and concatenated keys, and the chunk's
     residual-stream and MLP activations; on rotary models also the sine and cosine
     tables TransformerLens extends (doubling, up to ``n_ctx``) when a sequence outgrows
-    them. ``benchmarks/bench_long_context.py`` checks it against measured peaks.
+    them. ``benchmarks/bench_long_context.py`` checks it against measured peaks. Under
+    fused attention (the default) no chunk holds its scores, so this is an upper bound.
     """
     cfg = model.cfg
     item = _itemsize(model)

@@ -11,6 +11,8 @@ from TransformerLens's KV cache (``TransformerLensKeyValueCache``). A layer then
 at most ``n_heads x chunk_size x n`` attention scores, and the memory grows linearly
 with the length ``n``: the KV cache is ``2 x n_layers x n x n_kv_heads x d_head`` values.
 Logits, steering and interventions are the same as in one pass (to float rounding).
+The chunks run under :func:`focuslens.model.fused.fused_attention` by default, so a layer
+holds no ``chunk_size x n`` pattern either, unless a hook reads or edits it.
 
 Contextual scores of long prompts run on it (:mod:`focuslens.scores.chunked`, with or
 without patterns), and so do chunked logits and generation. Which chunk size, and how much
@@ -22,6 +24,7 @@ their chunked outputs differ from one pass; they are refused.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
@@ -29,6 +32,7 @@ import torch
 from jaxtyping import Float, Int
 from torch import Tensor
 
+from focuslens.model.fused import fused_attention
 from focuslens.model.memory import chunk_bounds, resolve_chunk_size
 from focuslens.typing import Model
 
@@ -109,6 +113,7 @@ def chunked_forward(
     max_memory: int | float | str | None = None,
     logits_at: Literal["last", "all"] | Sequence[int] = "last",
     past_kv_cache: Any | None = None,
+    fused: bool = True,
 ) -> Float[Tensor, "n_rows d_vocab"]:
     """Run one sequence through the model in chunks, through the KV cache.
 
@@ -126,6 +131,9 @@ def chunked_forward(
             (default), ``"all"`` (``n x d_vocab`` values: mind the memory) or a list.
         past_kv_cache: A ``TransformerLensKeyValueCache`` to continue and fill (for
             generation after the prefill); default a new one.
+        fused: Run the attention fused (:func:`focuslens.model.fused.fused_attention`), so a
+            chunk holds no ``chunk_size x n`` pattern except on layers whose scores or
+            pattern are hooked; False runs TransformerLens's own attention.
 
     Returns:
         ``[n_rows, d_vocab]`` logits, rows in increasing position order.
@@ -152,7 +160,8 @@ def chunked_forward(
         if bad or not rows:
             raise ValueError(f"logits_at positions {bad or rows} are out of range for {n} tokens")
     cache = new_cache(model) if past_kv_cache is None else past_kv_cache
-    logits = run_chunks(model, tokens, size, cache, logits_rows=rows)
+    with fused_attention(model) if fused else contextlib.nullcontext():
+        logits = run_chunks(model, tokens, size, cache, logits_rows=rows)
     assert logits is not None
     return logits
 

@@ -15,11 +15,14 @@ scores come from one of two routes (``scores_from=``):
 * ``"pattern"``: each chunk's ``hook_pattern`` rows of the scored positions are summed
   over the spans. Needed when an intervention acts on ``hook_attn_scores`` or
   ``hook_pattern`` (split-softmax, PASTA), which the ``"keys"`` route cannot see.
-* ``"auto"`` (default): ``"keys"``, unless a hook is registered on an attention-score
-  or pattern hook point, or the model's attention has a feature the ``"keys"`` route
-  does not reproduce (ALiBi, soft-capping, local windows, attention sinks, ...).
+* ``"auto"`` (default): ``"keys"``, except on the layers with a hook on their attention
+  scores or pattern (those read ``"pattern"``; ``meta["scores_from"]`` says ``"mixed"``),
+  or on every layer when the model's attention has a feature the ``"keys"`` route does
+  not reproduce (ALiBi, soft-capping, local windows, attention sinks, ...).
 
-Both give the numbers of the one-pass :func:`focuslens.contextual_scores` (1e-5).
+The chunks run under :func:`focuslens.model.fused.fused_attention`: layers read from their
+keys never build a pattern. Both routes give the numbers of the one-pass
+:func:`focuslens.contextual_scores` (1e-5).
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from focuslens.model.fused import fused_attention
 from focuslens.model.hooks import hooks
 from focuslens.model.memory import check_chunk_size, parse_memory, resolve_chunk_size
 from focuslens.model.prefill import ScoresFrom, check_chunkable, new_cache, run_chunks
@@ -44,7 +48,13 @@ from focuslens.scores.reduce import (
     span_names,
 )
 from focuslens.scores.result import ContextualScores
-from focuslens.scores.spanmass import COLLECTORS, resolve_scores_from, span_labels
+from focuslens.scores.spanmass import (
+    collected,
+    collectors,
+    resolve_routes,
+    route_name,
+    span_labels,
+)
 from focuslens.typing import Model, QueryRows
 
 
@@ -55,25 +65,31 @@ def _prompt_masses(
     rows: list[int],
     sink: int,
     size: int,
-    route: str,
+    routes: list[str],
     names: list[str],
 ) -> Tensor:
     """``[n_layers, n_heads, 3 + n_distractors + len(names)]`` span masses, averaged over
     rows (the named spans last)."""
     cache = new_cache(model)
-    labels = span_labels(tp, sink)
-    collector = COLLECTORS[route](
+    parts = collectors(
+        routes,
         model=model,
         rows=torch.tensor(rows, dtype=torch.long),
-        labels=labels,
+        labels=span_labels(tp, sink),
         n_masks=FIRST_DISTRACTOR + len(tp.distractors),
         cache=cache,
         n_total=len(tp),
         extra=named_masks(tp, names, len(tp)) if names else None,
     )
-    with hooks(model, collector.fwd_hooks()):
-        run_chunks(model, tp.tokens, size, cache, on_chunk=collector.set_chunk)
-    return collector.result() / len(rows)
+
+    def on_chunk(start: int, end: int) -> None:
+        for part in parts:
+            part.set_chunk(start, end)
+
+    fwd_hooks = [hook for part in parts for hook in part.fwd_hooks()]
+    with fused_attention(model), hooks(model, fwd_hooks):
+        run_chunks(model, tp.tokens, size, cache, on_chunk=on_chunk)
+    return collected(model, parts) / len(rows)
 
 
 def chunked_contextual_scores(
@@ -125,7 +141,7 @@ def chunked_contextual_scores(
     if max_memory is not None:
         parse_memory(max_memory)
     check_chunkable(model)
-    route = resolve_scores_from(model, scores_from)
+    routes = resolve_routes(model, scores_from)
     tps = prepare(
         model,
         prompts,
@@ -147,7 +163,7 @@ def chunked_contextual_scores(
             size = resolve_chunk_size(model, len(tp), chunk_size, max_memory)
         except ValueError as exc:
             raise ValueError(f"prompt {idx}: {exc}") from None
-        masses = _prompt_masses(model, tp, query_rows(tp, query), sink, size, route, names)
+        masses = _prompt_masses(model, tp, query_rows(tp, query), sink, size, routes, names)
         own = FIRST_DISTRACTOR + len(tp.distractors)
         partition = torch.nn.functional.pad(masses[..., :own], (0, n_masks - own))
         raw.append(torch.cat([partition, masses[..., own:]], dim=-1))
@@ -157,7 +173,7 @@ def chunked_contextual_scores(
         "model": getattr(model.cfg, "model_name", None),
         "n_examples": len(tps),
         "chunk_sizes": sizes,
-        "scores_from": route,
+        "scores_from": route_name(routes),
     }
     return ContextualScores.from_per_example(
         per_example, query=query, n_sink=sink, meta=meta, span_names=tuple(names)

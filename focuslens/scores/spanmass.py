@@ -149,8 +149,8 @@ def span_mass_from_keys(
 # ------------------------------------------------------------------ collectors per route
 @dataclass
 class _Collector:
-    """Hooks that reduce one prompt's scored rows to ``[n_layers, n_heads, n_masks]``
-    sums over rows, chunk by chunk. ``span`` is the current chunk ``(start, end)``."""
+    """Hooks that reduce one prompt's scored rows to ``{layer: [n_heads, n_masks]}`` sums
+    over rows, chunk by chunk, on ``layers``. ``span`` is the current chunk ``(start, end)``."""
 
     model: Model
     rows: Tensor
@@ -159,6 +159,7 @@ class _Collector:
     cache: Any
     n_total: int
     extra: Tensor | None = None  # [n_named, n_total] masks of the named spans
+    layers: list[int] = field(default_factory=list)
     span: tuple[int, int] = (0, 0)
     out: dict[int, Tensor] = field(default_factory=dict)
 
@@ -170,24 +171,12 @@ class _Collector:
         inside = (self.rows >= start) & (self.rows < end)
         return self.rows[inside] - start
 
-    def result(self) -> Tensor:
-        n_layers = self.model.cfg.n_layers
-        if sorted(self.out) != list(range(n_layers)):
-            raise RuntimeError(
-                f"scores were computed for layers {sorted(self.out)}, expected 0..{n_layers - 1};"
-                " this backend does not fire the attention hooks focuslens expects"
-            )
-        return torch.stack([self.out[layer].cpu() for layer in range(n_layers)])
-
 
 class _PatternCollector(_Collector):
     """Sums each chunk's ``hook_pattern`` rows over the spans."""
 
     def fwd_hooks(self) -> list[tuple[str, Callable]]:
-        return [
-            (attn_hook(layer, "hook_pattern"), self._hook(layer))
-            for layer in range(self.model.cfg.n_layers)
-        ]
+        return [(attn_hook(layer, "hook_pattern"), self._hook(layer)) for layer in self.layers]
 
     def _hook(self, layer: int) -> Callable:
         def hook(pattern: Tensor, hook: Any) -> None:
@@ -215,7 +204,7 @@ class _KeysCollector(_Collector):
     def fwd_hooks(self) -> list[tuple[str, Callable]]:
         self.queries = {}
         out = []
-        for layer in range(self.model.cfg.n_layers):
+        for layer in self.layers:
             out.append((query_hook_name(self.model, layer), self._query_hook(layer)))
             out.append((key_hook_name(self.model, layer), self._key_hook(layer)))
         return out
@@ -248,6 +237,75 @@ class _KeysCollector(_Collector):
 COLLECTORS: dict[str, type[_Collector]] = {"keys": _KeysCollector, "pattern": _PatternCollector}
 
 
+def collectors(routes: list[str], **fields: Any) -> list[_Collector]:
+    """One collector per route in use, each on the layers ``routes`` gives it."""
+    out = []
+    for route, kind in COLLECTORS.items():
+        layers = [layer for layer, r in enumerate(routes) if r == route]
+        if layers:
+            out.append(kind(layers=layers, **fields))
+    return out
+
+
+def collected(model: Model, parts: list[_Collector]) -> Tensor:
+    """``[n_layers, n_heads, n_out]`` from the collectors' per-layer sums."""
+    out = {layer: mass for part in parts for layer, mass in part.out.items()}
+    n_layers = model.cfg.n_layers
+    if sorted(out) != list(range(n_layers)):
+        raise RuntimeError(
+            f"scores were computed for layers {sorted(out)}, expected 0..{n_layers - 1};"
+            " this backend does not fire the attention hooks focuslens expects"
+        )
+    return torch.stack([out[layer].cpu() for layer in range(n_layers)])
+
+
+@dataclass
+class BatchKeysCollector:
+    """The ``"keys"`` route of a one-pass batch (right-padded, no KV cache): keeps each
+    prompt's scored queries at ``hook_rot_q``/``hook_q`` and, at ``hook_rot_k``/``hook_k``
+    of the same layer, computes ``[batch, n_heads, n_out]`` masses, averaged over rows."""
+
+    model: Model
+    layers: list[int]
+    rows: list[Tensor]  # per prompt, its query rows
+    labels: list[Tensor]  # per prompt, the label of each of its keys
+    n_masks: int
+    extra: list[Tensor] | None = None  # per prompt, [n_named, len] named-span masks
+    out: dict[int, Tensor] = field(default_factory=dict)
+    queries: dict[int, list[Tensor]] = field(default_factory=dict)
+
+    def fwd_hooks(self) -> list[tuple[str, Callable]]:
+        out = []
+        for layer in self.layers:
+            out.append((query_hook_name(self.model, layer), self._query_hook(layer)))
+            out.append((key_hook_name(self.model, layer), self._key_hook(layer)))
+        return out
+
+    def _query_hook(self, layer: int) -> Callable:
+        def hook(q: Tensor, hook: Any) -> None:
+            self.queries[layer] = [
+                q[b, rows.to(q.device)].detach().clone() for b, rows in enumerate(self.rows)
+            ]
+
+        return hook
+
+    def _key_hook(self, layer: int) -> Callable:
+        def hook(k: Tensor, hook: Any) -> None:
+            queries = self.queries.pop(layer)
+            scale = attention_scale(self.model, layer)
+            masses = []
+            for b, (q, rows, labels) in enumerate(zip(queries, self.rows, self.labels)):
+                extra = None if self.extra is None else self.extra[b]
+                keys = k[b, : labels.shape[0]]
+                mass = span_mass_from_keys(
+                    q, rows.to(q.device), keys, labels, self.n_masks, scale, extra=extra
+                )
+                masses.append(mass.cpu() / len(rows))
+            self.out[layer] = torch.stack(masses)
+
+        return hook
+
+
 def keys_route_unsupported(model: Model) -> str | None:
     """Why the ``"keys"`` route cannot reproduce this model's attention, or None."""
     cfg = model.cfg
@@ -271,23 +329,53 @@ def attention_hooks_active(model: Model) -> list[str]:
     return active_hook_points(model, ("hook_attn_scores", "hook_pattern"))
 
 
-def resolve_scores_from(model: Model, scores_from: str) -> str:
-    """``"keys"`` or ``"pattern"`` for ``scores_from`` (see the module docstring)."""
+def pattern_hooked_layers(model: Model) -> list[int]:
+    """Layers with a hook registered on ``hook_attn_scores`` or ``hook_pattern``."""
+    names = set(attention_hooks_active(model))
+    return [
+        layer
+        for layer in range(model.cfg.n_layers)
+        if {attn_hook(layer, "hook_attn_scores"), attn_hook(layer, "hook_pattern")} & names
+    ]
+
+
+def resolve_routes(model: Model, scores_from: str, *, one_pass: bool = False) -> list[str]:
+    """The route of each layer, ``"keys"`` or ``"pattern"``, for ``scores_from``.
+
+    ``"auto"`` reads keys wherever it can: a layer with a hook on its scores or pattern
+    (an intervention the keys cannot see) is read from its pattern, and so is every
+    layer of a model whose attention the keys route does not reproduce, or (one pass) of
+    a backend other than ``HookedTransformer``.
+    """
     if scores_from not in ("auto", *COLLECTORS):
         raise ValueError(f"scores_from must be 'auto', 'keys' or 'pattern', got {scores_from!r}")
+    n_layers = model.cfg.n_layers
+    if scores_from == "pattern":
+        return ["pattern"] * n_layers
     why = keys_route_unsupported(model)
-    active = attention_hooks_active(model)
+    if why is None and one_pass:
+        from transformer_lens import HookedTransformer
+
+        if not isinstance(model, HookedTransformer):
+            why = f"{type(model).__name__} is not a HookedTransformer"
+    hooked = pattern_hooked_layers(model)
     if scores_from == "keys":
-        if why or active:
-            problem = why or f"hooks are registered on {active[:3]}"
+        if why or hooked:
+            problem = why or f"hooks are registered on {attention_hooks_active(model)[:3]}"
             raise ValueError(
                 f"scores_from='keys' would not match this model's attention ({problem}); "
                 "use scores_from='pattern' or 'auto'"
             )
-        return "keys"
-    if scores_from == "auto":
-        return "pattern" if why or active else "keys"
-    return scores_from
+        return ["keys"] * n_layers
+    if why:
+        return ["pattern"] * n_layers
+    return ["pattern" if layer in hooked else "keys" for layer in range(n_layers)]
+
+
+def route_name(routes: list[str]) -> str:
+    """``"keys"``, ``"pattern"`` or ``"mixed"`` (some layers each way)."""
+    kinds = set(routes)
+    return kinds.pop() if len(kinds) == 1 else "mixed"
 
 
 __all__ = [

@@ -21,7 +21,7 @@ from focuslens.model.responses import with_responses
 from focuslens.prompts.tokens import tokenize_prompt
 from focuslens.scores.reduce import prepare
 
-RELEASE = Path("/work/shared/reference/focus_direction_release")
+RELEASE = Path(__file__).resolve().parents[2].parent / "shared/reference/focus_direction_release"
 LLAMA = RELEASE / "head_features/meta-llama_Llama-3.2-3B-Instruct/direction_relevant"
 QWEN = RELEASE / "head_features/Qwen_Qwen2.5-7B-Instruct/direction_relevant"
 needs_release = pytest.mark.skipif(not LLAMA.is_dir(), reason="release files not present")

@@ -262,11 +262,25 @@ def test_intervention_is_entered_once_per_prompt_and_removed(model):
     prompts = qa_prompts(4)
     counting = Counting()
     assert isinstance(counting, Intervention)
-    df = evaluate(model, prompts, intervention=counting, progress=False).to_dataframe()
+    df = evaluate(model, prompts, intervention=counting, progress=False, batch_size=1)
+    df = df.to_dataframe()
     assert counting.entered == counting.exited == len(prompts)
     assert [c[0] for c in counting.calls] == prompts and all(len(c) == 1 for c in counting.calls)
     # the hook fired in every forward pass: one per generated token
     assert counting.fired == df["n_new_tokens"].sum()
+    assert no_hooks_left(model)
+
+
+def test_a_batched_intervention_is_entered_once_per_batch_with_its_prompts(model):
+    prompts = qa_prompts(5)
+    counting = Counting()
+    df = evaluate(model, prompts, intervention=counting, progress=False, batch_size=3)
+    df = df.to_dataframe()
+    assert counting.entered == counting.exited == 2
+    assert counting.calls == [prompts[:3], prompts[3:]]
+    # one forward pass per step of the longest answer of each batch
+    steps = df["n_new_tokens"].tolist()
+    assert counting.fired == max(steps[:3]) + max(steps[3:])
     assert no_hooks_left(model)
 
 
@@ -322,8 +336,9 @@ def test_attention_allocation_matches_the_full_cache(model):
     counting = Counting()
     result = evaluate(model, prompts, heads=heads, intervention=counting, progress=False)
     df = result.to_dataframe()
-    assert counting.entered == 2 * len(prompts)  # generation, then the attention pass
-    assert counting.calls[1][0] == prompts[0].with_response(df["prediction"][0])
+    # one batched generation, then one attention pass per prompt
+    assert counting.entered == 1 + len(prompts) and counting.calls[0] == prompts
+    assert counting.calls[1] == [prompts[0].with_response(df["prediction"][0])]
     for row, p in zip(df.itertuples(), prompts):
         expected = oracle_allocation(model, p.with_response(row.prediction), heads)
         assert row.attn_relevant == pytest.approx(expected["relevant"], abs=1e-5)
