@@ -32,6 +32,7 @@ from functools import partial
 import torch
 
 from focuslens.model.hooks import hooks, layer_hooks
+from focuslens.model.loading import ensure_backend, qk_points
 from focuslens.prompts.batch import batches, pad_token_id
 from focuslens.prompts.spans import LabeledPrompt
 from focuslens.prompts.tokens import TokenizedPrompt
@@ -94,6 +95,7 @@ def contextual_scores(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    ensure_backend(model, (*qk_points(model), "hook_pattern", "hook_attn_scores"))
     if chunk_size is not None or max_memory is not None:
         from focuslens.scores.chunked import chunked_contextual_scores
 

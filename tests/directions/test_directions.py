@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from _tiny import random_text, tiny_model, word_tokenizer
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from focuslens import LabeledPrompt, contextual_scores
 from focuslens.directions import FocusDirections, ModelShape
 from focuslens.directions.closed_form import closed_form_gradient
-from focuslens.directions.inputs import cache_attention_inputs
+from focuslens.directions.inputs import cache_queries_keys
 from focuslens.directions.learn import layer_mass, learn_focus_directions
 from focuslens.model.generation import generate_greedy
 from focuslens.model.responses import with_responses
@@ -36,6 +35,8 @@ def planted_model(c: float = 6.0, seed: int = 0):
     only. The marker token's key (head 1) is ``c * u`` and every other key and every query
     is orthogonal to ``u``: raising the marker's attention means moving ``d_q`` along
     ``u``. ``u`` has entries ``+-1/sqrt(d_head)`` (see the Adam note in focuslens.directions.learn)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
     tok = word_tokenizer()
     cfg = HookedTransformerConfig(
         n_layers=1,
@@ -164,7 +165,7 @@ def test_per_layer_shortcut_equals_whole_model(kind):
     gradients as the whole model: the shortcut is exact."""
     model = tiny_model(kind)
     tps = prepare(model, make_prompts(3), query="response", sink=0)
-    cache = cache_attention_inputs(model, tps, [1])
+    cache = cache_queries_keys(model, tps, [1])
     g = torch.Generator().manual_seed(1)
     for i, tp in enumerate(tps):
         d_q = (torch.randn(4, 8, generator=g) * 0.5).requires_grad_()
@@ -317,6 +318,8 @@ def test_dataframe_and_figure():
 # ---------------------------------------------------------------------------- release
 def shaped_model(n_layers, n_heads, n_kv, d_head=128):
     """A random rotary model with a released model's attention shape and a small width."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
     cfg = HookedTransformerConfig(
         n_layers=n_layers,
         d_model=16,
