@@ -5,41 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _tiny import random_text, tiny_model, word_tokenizer
+from _tiny import random_text, tiny_model
 
 from focuslens import LabeledPrompt, contextual_scores, tokenize_prompt
 from focuslens.model.loading import BackendError, check_backend, load_model
 from focuslens.model.loading import hooked_transformer_class as loading_hooked
-
-
-@pytest.fixture(scope="module")
-def hf_llama_folder(tmp_path_factory):
-    """A tiny random Llama (rotary, grouped-query attention) saved as a HF folder."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = word_tokenizer()
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "proj" in name:
-                param.normal_(0, 0.3)  # peaked attention, so heads differ
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
 
 
 def _prompts(n: int) -> list[LabeledPrompt]:
