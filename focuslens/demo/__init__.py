@@ -52,9 +52,12 @@ def load_demo_model(
         ``model.tokenizer.eos_token`` is ``"<eos>"``, the end-of-answer marker.
     """
     if backend is None:
-        from focuslens.model.loading import hooked_transformer_class
+        try:  # a capability check: transformer-lens 4.x has no HookedTransformer
+            from transformer_lens import HookedTransformer  # noqa: F401
 
-        backend = "hooked" if hooked_transformer_class() is not None else "bridge"
+            backend = "hooked"
+        except ImportError:
+            backend = "bridge"
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     folder = Path(path) if path is not None else DEMO_DIR

@@ -6,9 +6,11 @@
 the rotary embedding** (``hook_rot_q`` / ``hook_rot_k``) on rotary models and at
 ``hook_q`` / ``hook_k`` on models without one, at every key position and at the query
 positions you choose. Other heads are left exactly as they are. It works in a single
-forward pass and in generation with TransformerLens's KV cache: on rotary models the
+forward pass and in generation with the KV cache: on a rotary HookedTransformer the
 cache holds unrotated, unsteered keys and ``hook_rot_k`` sees all keys at every step,
-so the key vector is re-added each step, as in the authors' code. Negative ``alpha``
+so the key vector is re-added each step, as in the authors' code; on a
+``TransformerBridge`` the (Hugging Face) cache holds rotated keys, steered once when
+they were added. Negative ``alpha``
 is a *negative* focus direction. The context removes every hook on exit, also when the
 body raises or a generation is interrupted.
 

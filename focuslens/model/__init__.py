@@ -2,7 +2,8 @@
 
 Everything that touches a model's forward pass directly lives here: the hook names and the one
 hook context (:mod:`focuslens.model.hooks`), loading and the backend self-test
-(:mod:`focuslens.model.loading`), greedy generation (:mod:`focuslens.model.generation`), chunked
+(:mod:`focuslens.model.loading`), one KV-cache interface over both backends
+(:mod:`focuslens.model.kvcache`), greedy generation (:mod:`focuslens.model.generation`), chunked
 prefill through the KV cache (:mod:`focuslens.model.prefill`) and memory estimates
 (:mod:`focuslens.model.memory`).
 """
