@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "tests"))
 
 from focuslens.directions import FocusDirections, ModelShape  # noqa: E402
-from focuslens.directions.inputs import batch_rows, cache_attention_inputs, pad_inputs  # noqa: E402
+from focuslens.directions.inputs import batch_rows, cache_queries_keys, pad_inputs  # noqa: E402
 from focuslens.directions.learn import cached_batch_mass, train_layer  # noqa: E402
 from focuslens.model.generation import generate_greedy  # noqa: E402
 from focuslens.scores.reduce import prepare, span_mass  # noqa: E402
@@ -209,7 +209,7 @@ def bench_learning(args: argparse.Namespace, n_layers: int | None) -> None:
     def run(shortcut: bool) -> tuple[float, torch.Tensor]:
         start = time.perf_counter()
         gen = torch.Generator().manual_seed(0)
-        cache = cache_attention_inputs(model, tps, layers) if shortcut else None
+        cache = cache_queries_keys(model, tps, layers) if shortcut else None
         out = []
         for layer in layers:
             if shortcut:

@@ -119,6 +119,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="focuslens-out", help="run folder (default: focuslens-out)")
     p.add_argument("--quick", action="store_true", help="fewer prompts and settings (< 1 min)")
     p.add_argument("--model", default="demo", help="model (default: the shipped demo model)")
+    p.add_argument(
+        "--backend",
+        choices=["hooked", "bridge"],
+        default=None,
+        help="the demo model as a HookedTransformer or a TransformerBridge (default: hooked "
+        "where transformer-lens has it, i.e. 3.x; bridge under 4.x)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument(

@@ -290,6 +290,7 @@ def cmd_demo(args: argparse.Namespace) -> None:
             progress=not args.quiet,
             threads=args.threads,
             echo=print,
+            backend=args.backend,
         )
     except (FileNotFoundError, ValueError, RuntimeError) as exc:
         raise CommandError(str(exc)) from None

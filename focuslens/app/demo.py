@@ -95,6 +95,7 @@ def run_demo(
     progress: bool = True,
     threads: int | None = 1,
     echo: Callable[[str], None] = print,
+    backend: str | None = None,
 ) -> dict[str, Any]:
     """Run the demo into ``out`` (its earlier results are replaced) and write the report.
 
@@ -108,6 +109,8 @@ def run_demo(
             the tiny demo model: its operations are too small to gain from threads, and
             on a busy machine the threads' synchronisation costs much more than it saves.
         echo: Where the stage lines go.
+        backend: ``"hooked"`` or ``"bridge"`` for the demo model (default: hooked where
+            transformer-lens has it); see :func:`focuslens.load_demo_model`.
 
     Returns:
         The headline numbers (:func:`focuslens.app.story.headline`) and the time taken.
@@ -118,12 +121,12 @@ def run_demo(
     if threads:
         torch.set_num_threads(threads)
     try:
-        return _run_demo(out, quick, model, seed, progress, echo)
+        return _run_demo(out, quick, model, seed, progress, echo, backend)
     finally:
         torch.set_num_threads(before)
 
 
-def _run_demo(out, quick, model, seed, progress, echo) -> dict[str, Any]:
+def _run_demo(out, quick, model, seed, progress, echo, backend=None) -> dict[str, Any]:
     from focuslens.app.story import build_report, headline
 
     plan = QUICK if quick else FULL
@@ -131,7 +134,7 @@ def _run_demo(out, quick, model, seed, progress, echo) -> dict[str, Any]:
     run.folder.mkdir(parents=True, exist_ok=True)
     _clear(run)
     start = time.perf_counter()
-    lm = load_any_model(model)
+    lm = load_any_model(model, backend=backend)
     stamped = lambda msg: echo(f"{msg}  [{time.perf_counter() - start:.0f} s]")  # noqa: E731
     _stages(lm, run, plan, seed, progress, stamped)
     elapsed = time.perf_counter() - start

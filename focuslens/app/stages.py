@@ -113,10 +113,15 @@ def _is_focuslens_folder(path: Path) -> bool:
     return "architectures" not in json.loads(config.read_text())
 
 
-def load_any_model(spec: str, *, dtype: str = "float32", device: str = "cpu") -> Any:
+def load_any_model(
+    spec: str, *, dtype: str = "float32", device: str = "cpu", backend: str | None = None
+) -> Any:
     """Load ``"demo"``, a focuslens model folder (``config.json`` with a
     ``HookedTransformerConfig``, ``model.safetensors``, ``tokenizer.json``, as the demo
     model's), a Hugging Face model folder, or a TransformerLens model name.
+
+    ``backend`` (``"hooked"`` or ``"bridge"``, default: hooked where transformer-lens has
+    it) applies to the demo model and focuslens folders (:func:`focuslens.load_demo_model`).
 
     Raises:
         ValueError: Unknown model name or a folder that is not a model.
@@ -125,13 +130,20 @@ def load_any_model(spec: str, *, dtype: str = "float32", device: str = "cpu") ->
     from focuslens.model.loading import DTYPES, load_model
 
     path = Path(spec)
-    if spec != "demo" and path.is_dir() and _is_focuslens_folder(path):
+    if spec == "demo" or (path.is_dir() and _is_focuslens_folder(path)):
         from focuslens.demo import load_demo_model
 
         if dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
-        model = load_demo_model(path, device=device)
+        folder = None if spec == "demo" else path
+        model = load_demo_model(folder, device=None if device == "cpu" else device, backend=backend)
         return model if dtype == "float32" else model.to(DTYPES[dtype])
+    if backend is not None:
+        raise ValueError(
+            f"backend={backend!r} applies to the demo model and focuslens model folders; "
+            f"{spec!r} loads as a HookedTransformer under transformer-lens 3.x and as a "
+            "TransformerBridge under 4.x (a Hugging Face folder: always a bridge)"
+        )
     return load_model(spec, dtype=dtype, device=device)
 
 

@@ -29,23 +29,37 @@ DISTRACTING_DOCS = 40
 with 4 documents; see the card). Inside its training range (1-48 documents)."""
 
 
-def load_demo_model(path: str | Path | None = None, *, device: str | None = None):
-    """Load the demo ``HookedTransformer`` offline, with its tokenizer set.
+BACKENDS = ("hooked", "bridge")
+"""How the demo model can be loaded: a ``HookedTransformer`` (transformer-lens 3.x) or a
+``TransformerBridge`` around an equivalent Hugging Face Llama (3.9 and 4.x)."""
+
+
+def load_demo_model(
+    path: str | Path | None = None, *, device: str | None = None, backend: str | None = None
+):
+    """Load the demo model offline, with its tokenizer set.
 
     Args:
         path: Folder with ``config.json``, ``model.safetensors`` and ``tokenizer.json``;
             defaults to the shipped model.
         device: Torch device; ``None`` lets TransformerLens choose.
+        backend: ``"hooked"`` (a ``HookedTransformer``), ``"bridge"`` (a
+            ``TransformerBridge``, :mod:`focuslens.demo.bridge`) or None: hooked where
+            this transformer-lens has it (3.x), else bridge.
 
     Returns:
         The model in eval mode. ``model.to_tokens(text)`` prepends ``<bos>``;
         ``model.tokenizer.eos_token`` is ``"<eos>"``, the end-of-answer marker.
     """
-    from safetensors.torch import load_file
-    from transformer_lens import HookedTransformer, HookedTransformerConfig
+    if backend is None:
+        try:  # a capability check: transformer-lens 4.x has no HookedTransformer
+            from transformer_lens import HookedTransformer  # noqa: F401
 
-    from focuslens.demo._tokenizer import load_tokenizer
-
+            backend = "hooked"
+        except ImportError:
+            backend = "bridge"
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
     folder = Path(path) if path is not None else DEMO_DIR
     files = [folder / n for n in ("config.json", "model.safetensors", "tokenizer.json")]
     missing = [str(f) for f in files if not f.is_file()]
@@ -54,6 +68,19 @@ def load_demo_model(path: str | Path | None = None, *, device: str | None = None
             f"demo model files missing: {missing}; train it with "
             f"`python -m focuslens.demo.train --out {folder}`"
         )
+    if backend == "bridge":
+        from focuslens.demo.bridge import load_demo_bridge
+
+        return load_demo_bridge(*files, device=device)
+    return _load_hooked(files, device)
+
+
+def _load_hooked(files: list[Path], device: str | None):
+    from safetensors.torch import load_file
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
+    from focuslens.demo._tokenizer import load_tokenizer
+
     cfg = HookedTransformerConfig(**json.loads(files[0].read_text()), device=device)
     model = HookedTransformer(cfg, tokenizer=load_tokenizer(files[2]))
     state = model.state_dict()
@@ -66,4 +93,4 @@ def load_demo_model(path: str | Path | None = None, *, device: str | None = None
     return model.eval()
 
 
-__all__ = ["DEMO_DIR", "DISTRACTING_DOCS", "load_demo_model"]
+__all__ = ["BACKENDS", "DEMO_DIR", "DISTRACTING_DOCS", "load_demo_model"]

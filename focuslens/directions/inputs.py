@@ -1,22 +1,21 @@
 """What learning reads: labelled prompts with responses, and the cached attention inputs.
 
-Directions are learned one layer at a time from the inputs of that layer's attention
-(post-norm hidden states) on prompt + response, cached from the unmodified model once
-(:func:`cache_attention_inputs`); the row tables say which query rows and key positions the
+Directions are learned one layer at a time from that layer's queries and keys (after the
+rotary embedding) on prompt + response, cached through hooks from the unmodified model
+once (:func:`cache_queries_keys`), on either backend; the row tables say which query rows and key positions the
 loss reads (:func:`batch_rows`).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from focuslens.model.hooks import (
-    pre_hooks,
-)
+from focuslens.model.hooks import hooks, key_hook_name, query_hook_name
 from focuslens.model.responses import with_responses
 from focuslens.prompts.batch import PromptBatch
 from focuslens.prompts.spans import LabeledPrompt
@@ -58,48 +57,57 @@ def pad_inputs(seqs: list[Tensor], value: float | int = 0.0) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- caching
-def require_hooked_transformer(model: Model, what: str) -> None:
-    """Refuse a model that is not a ``HookedTransformer``, saying what to do instead.
+def require_reproducible_attention(model: Model, what: str) -> None:
+    """Refuse a model whose attention the cached queries and keys do not reproduce.
 
-    Learning runs one attention layer on its cached inputs (``query_input`` /
-    ``key_input`` and the layer's own weights, ``attn_scale`` included), which only
-    TransformerLens's ``HookedTransformer`` attention modules expose.
+    Learning recomputes ``softmax((q + d_q)(k + d_k)^T / attn_scale + causal mask)``
+    from each layer's rotated queries and keys (:func:`cache_queries_keys`); attention
+    features outside that formula (ALiBi, soft-capping, sinks, local windows, ...) would
+    make it learn for a different attention than the model's.
     """
-    from transformer_lens import HookedTransformer
+    from focuslens.scores.spanmass import keys_route_unsupported
 
-    if not isinstance(model, HookedTransformer):
-        raise TypeError(
-            f"{what} needs a HookedTransformer, got a {type(model).__name__}: it runs each "
-            "attention layer on its own from cached inputs, which a TransformerBridge's "
-            "attention modules do not support. Load the model with "
-            "HookedTransformer.from_pretrained(name, hf_model=...) (or focuslens.load_model "
-            "with a TransformerLens model name) to learn directions; the result can then "
-            "steer either backend of the same shape."
+    why = keys_route_unsupported(model)
+    if why:
+        raise ValueError(
+            f"{what} recomputes each layer's attention from its queries and keys, which "
+            f"does not reproduce this model's attention ({why})"
         )
 
 
-def cache_attention_inputs(
+def cache_queries_keys(
     model: Model, tps: Sequence[TokenizedPrompt], layers: Sequence[int]
 ) -> dict[int, list[tuple[Tensor, Tensor]]]:
-    """Per layer and example, the (query, key) inputs of that layer's attention.
+    """Per layer and example, the queries ``[pos, n_heads, d_head]`` and keys
+    ``[pos, n_kv_heads, d_head]`` of that layer's attention, where steering adds the
+    directions (after the rotary embedding: ``hook_rot_q`` / ``hook_rot_k``; ``hook_q``
+    / ``hook_k`` without one).
 
-    One unbatched pass per example of the unmodified model, stopped after the last
-    requested layer; the inputs are taken from a forward pre-hook on each attention
-    module (``[pos, d_model]``, detached).
+    One unbatched pass per example of the unmodified model through hooks, stopped after
+    the last requested layer (detached). Any backend whose hooks fire will do.
     """
     out: dict[int, list[tuple[Tensor, Tensor]]] = {layer: [] for layer in layers}
     device = next(model.parameters()).device
+    current: dict[tuple[int, str], Tensor] = {}
 
-    def grab(layer: int, module: Any, args: tuple, kwargs: dict) -> None:
-        out[layer].append((kwargs["query_input"][0].detach(), kwargs["key_input"][0].detach()))
+    def keep(x: Tensor, hook: Any, layer: int, kind: str) -> None:
+        current[(layer, kind)] = x[0].detach()
 
-    with pre_hooks(model, grab, layers=layers), torch.no_grad():
+    fwd = []
+    for layer in layers:
+        fwd.append((query_hook_name(model, layer), partial(keep, layer=layer, kind="q")))
+        fwd.append((key_hook_name(model, layer), partial(keep, layer=layer, kind="k")))
+    with hooks(model, fwd), torch.no_grad():
         for tp in tps:
+            current.clear()
             model(tp.tokens[None].to(device), stop_at_layer=max(layers) + 1)
+            for layer in layers:
+                out[layer].append((current[(layer, "q")], current[(layer, "k")]))
     return out
 
 
 __all__ = [
     "LEARNING_RESPONSES",
-    "cache_attention_inputs",
+    "cache_queries_keys",
+    "require_reproducible_attention",
 ]

@@ -5,11 +5,14 @@ Which method?
 * ``method="learned"`` (default) is the authors' recipe. For each prompt a response is
   generated greedily from its *gold-only* variant (only the relevant document) and
   appended to the full prompt (teacher forcing). One pass of the *unmodified* model
-  caches the input of each layer's attention. Then each layer is trained on its own:
-  ``d_q`` and ``d_k`` (``[n_heads, d_head]``, initialised ``N(0, 0.01)``) are added
-  after the rotary embedding, only that layer's attention runs (up to its pattern; the
-  value and output projections are skipped), and AdamW minimises minus the
-  relevant-span mass of the response rows, averaged over the layer's heads. Every other
+  caches each layer's queries and keys after the rotary embedding (through hooks, so on
+  either backend). Then each layer is trained on its own: ``d_q`` and ``d_k``
+  (``[n_heads, d_head]``, initialised ``N(0, 0.01)``) are added to them, the layer's
+  pattern is recomputed as ``softmax((q + d_q)(k + d_k)^T / attn_scale + causal mask)``
+  (grouped-query attention: query head ``h`` reads KV head ``h // group``), and AdamW
+  minimises minus the relevant-span mass of the response rows, averaged over the
+  layer's heads. Attention that this formula does not reproduce (ALiBi, soft-capping,
+  sinks, local windows) is refused. Every other
   weight is frozen (gradients are taken for the directions only, so the model is
   never touched). Since a layer's input does not depend on its own directions, this
   equals backpropagating through the whole model, at a fraction of the cost
@@ -48,19 +51,14 @@ from focuslens.directions.closed_form import closed_form_method
 from focuslens.directions.core import FocusDirections, ModelShape
 from focuslens.directions.inputs import (
     batch_rows,
-    cache_attention_inputs,
+    cache_queries_keys,
     learning_prompts,
     pad_inputs,
-    require_hooked_transformer,
+    require_reproducible_attention,
 )
 from focuslens.heads import HeadSet, unique_heads
-from focuslens.model.hooks import (
-    attn_hook,
-    hooks,
-    key_hook_name,
-    n_kv_heads,
-    query_hook_name,
-)
+from focuslens.model.hooks import attention_scale, n_kv_heads
+from focuslens.model.loading import ensure_backend, qk_points
 from focuslens.prompts.spans import LabeledPrompt
 from focuslens.prompts.tokens import TokenizedPrompt
 from focuslens.scores.contextual import contextual_scores
@@ -68,10 +66,6 @@ from focuslens.scores.reduce import prepare, span_mass
 from focuslens.typing import Model, QueryRows
 
 """Where the teacher-forced response comes from."""
-
-
-class _StopForward(Exception):
-    """Raised from ``hook_pattern`` to skip the rest of an attention layer."""
 
 
 # ---------------------------------------------------------------------------- learned
@@ -83,44 +77,30 @@ def layer_mass(
     d_k: Tensor,
     rows: tuple[Tensor, Tensor, Tensor],
 ) -> Tensor:
-    """``[batch, n_heads]`` relevant-span mass of one attention layer run on its cached
-    inputs with ``d_q`` and ``d_k`` added (differentiable in the directions).
+    """``[batch, n_heads]`` relevant-span mass of one attention layer recomputed from its
+    cached queries and keys with ``d_q`` and ``d_k`` added (differentiable in the
+    directions): ``softmax((q + d_q)(k + d_k)^T / attn_scale + causal mask)``.
 
     Args:
-        model: The model (its layer ``layer`` is run, nothing else).
+        model: The model (its shape and the layer's attention scale).
         layer: The layer.
-        inputs: ``(query_input, key_input)``, each ``[batch, pos, d_model]``.
+        inputs: ``(queries [batch, pos, n_heads, d_head], keys [batch, pos, n_kv_heads,
+            d_head])``, rotated on rotary models (:func:`cache_queries_keys`).
         d_q: ``[n_heads, d_head]``.
-        d_k: ``[n_heads, d_head]``, mapped to KV heads by the mean over each group.
+        d_k: ``[n_heads, d_head]``, mapped to KV heads by the mean over each group
+            (query head ``h`` reads KV head ``h // group``).
         rows: ``(rows, row_mask, relevant_masks)`` from :func:`batch_rows`.
     """
-    attn = model.blocks[layer].attn
+    q, k = inputs
     n_kv = n_kv_heads(model)
     group = model.cfg.n_heads // n_kv
-    captured: dict[str, Tensor] = {}
-
-    def add_q(q: Tensor, hook: Any) -> Tensor:
-        return q + d_q.to(q.dtype)
-
-    def add_k(k: Tensor, hook: Any) -> Tensor:
-        return k + d_k.reshape(n_kv, group, -1).mean(1).to(k.dtype)
-
-    def stop(pattern: Tensor, hook: Any) -> None:
-        captured["pattern"] = pattern
-        raise _StopForward
-
-    fwd = [
-        (query_hook_name(model, layer), add_q),
-        (key_hook_name(model, layer), add_k),
-        (attn_hook(layer, "hook_pattern"), stop),
-    ]
-    query_input, key_input = inputs
-    with hooks(model, fwd):
-        try:
-            attn(query_input=query_input, key_input=key_input, value_input=key_input)
-        except _StopForward:
-            pass
-    return span_mass(captured["pattern"], *rows)[..., 0]
+    q = q + d_q.to(q.dtype)
+    k = (k + d_k.reshape(n_kv, group, -1).mean(1).to(k.dtype)).repeat_interleave(group, dim=2)
+    scores = torch.einsum("bqhd,bkhd->bhqk", q, k) / attention_scale(model, layer)
+    n = scores.shape[-1]
+    causal = torch.ones(n, n, dtype=torch.bool, device=scores.device).tril()
+    pattern = scores.masked_fill(~causal, float("-inf")).softmax(-1)
+    return span_mass(pattern, *rows)[..., 0]
 
 
 BatchMass = Callable[[list[int], Tensor, Tensor], Tensor]
@@ -134,13 +114,13 @@ def cached_batch_mass(
     tps: list[TokenizedPrompt],
     query: QueryRows,
 ) -> BatchMass:
-    """The mass of a batch from the cached attention inputs (right-padded), one layer run."""
+    """The mass of a batch from the cached queries and keys (right-padded)."""
 
     def mass(idx: list[int], d_q: Tensor, d_k: Tensor) -> Tensor:
-        q_in = pad_inputs([cached[i][0] for i in idx])
-        k_in = pad_inputs([cached[i][1] for i in idx])
-        rows = batch_rows([tps[i] for i in idx], query, q_in.shape[1])
-        return layer_mass(model, layer, (q_in, k_in), d_q, d_k, rows)
+        q = pad_inputs([cached[i][0] for i in idx])
+        k = pad_inputs([cached[i][1] for i in idx])
+        rows = batch_rows([tps[i] for i in idx], query, q.shape[1])
+        return layer_mass(model, layer, (q, k), d_q, d_k, rows)
 
     return mass
 
@@ -193,7 +173,7 @@ def train_layer(
 def _learned(
     model: Model, tps: list[TokenizedPrompt], layers: list[int], settings: dict[str, Any]
 ) -> tuple[Tensor, Tensor, dict[str, Any]]:
-    cache = cache_attention_inputs(model, tps, layers)
+    cache = cache_queries_keys(model, tps, layers)
     shape = ModelShape.of(model)
     d_q = torch.zeros(shape.n_layers, shape.n_heads, shape.d_head)
     d_k = torch.zeros_like(d_q)
@@ -245,7 +225,8 @@ def learn_focus_directions(
     """Learn focus directions for every layer that holds a head of ``heads``.
 
     Args:
-        model: A ``HookedTransformer`` with a tokenizer. It is never modified.
+        model: A ``HookedTransformer`` or ``TransformerBridge`` with a tokenizer. It is
+            never modified.
         prompts: Labelled prompts with a relevant document, built from documents (so
             that their gold-only variant exists) unless ``response="given"``.
         heads: Heads to learn for (a HeadSet, ``(layer, head)`` pairs, ranked best
@@ -287,7 +268,8 @@ def learn_focus_directions(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    require_hooked_transformer(model, "learn_focus_directions")
+    require_reproducible_attention(model, "learn_focus_directions")
+    ensure_backend(model, (*qk_points(model), "hook_pattern"))
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
             raise ValueError(f"{name} must be a positive int, got {value!r}")

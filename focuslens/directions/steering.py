@@ -6,9 +6,11 @@
 the rotary embedding** (``hook_rot_q`` / ``hook_rot_k``) on rotary models and at
 ``hook_q`` / ``hook_k`` on models without one, at every key position and at the query
 positions you choose. Other heads are left exactly as they are. It works in a single
-forward pass and in generation with TransformerLens's KV cache: on rotary models the
+forward pass and in generation with the KV cache: on a rotary HookedTransformer the
 cache holds unrotated, unsteered keys and ``hook_rot_k`` sees all keys at every step,
-so the key vector is re-added each step, as in the authors' code. Negative ``alpha``
+so the key vector is re-added each step, as in the authors' code; on a
+``TransformerBridge`` the (Hugging Face) cache holds rotated keys, steered once when
+they were added. Negative ``alpha``
 is a *negative* focus direction. The context removes every hook on exit, also when the
 body raises or a generation is interrupted.
 
@@ -81,6 +83,8 @@ from focuslens.model.hooks import (
     kv_head_of,
     query_row_mask,
 )
+from focuslens.model.kvcache import all_keys
+from focuslens.model.loading import ensure_backend, qk_points
 from focuslens.prompts.batch import tokenized_prompts
 from focuslens.prompts.spans import LabeledPrompt
 from focuslens.typing import Model
@@ -224,7 +228,6 @@ def _score_hooks(
 ) -> list[tuple[str, Callable]]:
     """Hooks adding ``alpha d_q . k_j / attn_scale`` to the attention logits."""
     keys: dict[int, Tensor] = {}
-    rotary = key_hook_name(model, 0).endswith("hook_rot_k")
 
     def k_hook(k: Tensor, hook: Any, layer: int) -> None:
         keys[layer] = k
@@ -244,9 +247,10 @@ def _score_hooks(
 
     def score_hook(scores: Tensor, hook: Any, layer: int) -> Tensor:
         k = keys.pop(layer)
-        entry = tracker.entry(layer)
-        if not rotary and entry is not None:
-            k = entry.past_keys  # all keys: the cache already holds the new ones
+        if k.shape[1] != scores.shape[-1]:
+            # the key hook saw only the new keys (TransformerLens's hook_k, any bridge key
+            # hook): the cache, already extended, holds all of them
+            k = all_keys(tracker.entry(layer), layer)
         kv, index, vec, n_heads = table(layer, k.device)
         bias = torch.einsum("bkhd,hd->bhk", k[:, :, kv].float(), vec)  # [b, h, key]
         alpha = _alpha_like(state.alpha, scores, "attention score")
@@ -352,6 +356,10 @@ def steer(
     head_set = resolve_heads(directions, heads).validate(model)
     check_positions(positions)
     _check_form(model, form)
+    query_point, key_point = qk_points(model)
+    ensure_backend(
+        model, (query_point, key_point) if form == "qk" else (key_point, "hook_attn_scores")
+    )
     if positions != "all" and n_prompt is None:
         raise ValueError(f"positions={positions!r} needs n_prompt (the prompt length)")
     n_prompt_t = None if n_prompt is None else torch.as_tensor(n_prompt).reshape(-1)
@@ -365,8 +373,7 @@ def steer(
     else:
         fwd = _score_hooks(model, dq, head_set.by_layer(), state, tracker)
     with contextlib.ExitStack() as stack:
-        needs_cache = form == "scores" and not key_hook_name(model, 0).endswith("rot_k")
-        if positions != "all" or needs_cache:
+        if positions != "all" or form == "scores":
             stack.enter_context(tracker)
         stack.enter_context(hooks(model, fwd))
         if isinstance(alpha, str):

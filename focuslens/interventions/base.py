@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from typing import Any, Protocol, runtime_checkable
 
+from focuslens.model.loading import ensure_backend
 from focuslens.prompts.spans import LabeledPrompt
 from focuslens.typing import Model
 
@@ -43,7 +44,10 @@ class Intervention(Protocol):
 def applied(
     intervention: Intervention | None, model: Model, prompts: list[LabeledPrompt]
 ) -> AbstractContextManager[Any]:
-    return contextlib.nullcontext() if intervention is None else intervention.apply(model, prompts)
+    if intervention is None:
+        return contextlib.nullcontext()
+    ensure_backend(model)
+    return intervention.apply(model, prompts)
 
 
 __all__ = [

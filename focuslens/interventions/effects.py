@@ -55,6 +55,7 @@ from focuslens.interventions.oracles import HeadAblation, head_means
 from focuslens.interventions.zpatch import patching, record_z
 from focuslens.model import hooks as hooking
 from focuslens.model.hooks import layer_hooks
+from focuslens.model.loading import ensure_backend
 from focuslens.prompts.batch import PromptBatch, batches, pad_token_id
 from focuslens.prompts.spans import LabeledPrompt
 from focuslens.prompts.tokens import TokenizedPrompt, tokenize_prompt
@@ -191,6 +192,7 @@ def answer_logprob(
 
 # -------------------------------------------------------------------------- ablation
 def _heads_or_all(model: Model, heads: Any) -> HeadSet:
+    ensure_backend(model, ("hook_z",))
     if heads is None:
         n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
         return HeadSet((l, h) for l in range(n_layers) for h in range(n_heads))

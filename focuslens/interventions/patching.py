@@ -40,6 +40,7 @@ from focuslens.interventions.effects import (
     answer_prompts,
 )
 from focuslens.interventions.zpatch import patching, record_z
+from focuslens.model.loading import ensure_backend
 from focuslens.prompts.batch import PromptBatch, batches, pad_token_id
 from focuslens.prompts.spans import LabeledPrompt
 from focuslens.prompts.tokens import TokenizedPrompt
@@ -91,6 +92,7 @@ def _setup(
 ) -> tuple[list[TokenizedPrompt], list[TokenizedPrompt], str]:
     if metric not in METRICS:
         raise ValueError(f"metric must be one of {METRICS}, got {metric!r}")
+    ensure_backend(model, ("hook_z",))
     prompts = [prompts] if isinstance(prompts, LabeledPrompt) else list(prompts)
     tps = answer_prompts(model, prompts, target=target, answer_prefix=answer_prefix)
     sources, mode = _sources(prompts, source)

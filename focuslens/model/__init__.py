@@ -1,8 +1,10 @@
 """The model layer: loading, hooks, generation and long-context prefill.
 
 Everything that touches a model's forward pass directly lives here: the hook names and the one
-hook context (:mod:`focuslens.model.hooks`), fused attention (:mod:`focuslens.model.fused`), loading and the backend self-test
-(:mod:`focuslens.model.loading`), greedy generation (:mod:`focuslens.model.generation`, batched: :mod:`focuslens.model.batched`), chunked
+hook context (:mod:`focuslens.model.hooks`), fused attention (:mod:`focuslens.model.fused`),
+loading and the backend self-test (:mod:`focuslens.model.loading`), one KV-cache interface
+over both backends (:mod:`focuslens.model.kvcache`), greedy generation
+(:mod:`focuslens.model.generation`, batched: :mod:`focuslens.model.batched`), chunked
 prefill through the KV cache (:mod:`focuslens.model.prefill`) and memory estimates
 (:mod:`focuslens.model.memory`).
 """

@@ -96,9 +96,9 @@ def generate_greedy_batch(
     ):
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     seqs = [_prompt_tokens(p) for p in prompts]
-    from transformer_lens import HookedTransformer
+    from focuslens.model.kvcache import kv_cache_kind
 
-    if len(seqs) <= 1 or not isinstance(model, HookedTransformer):
+    if len(seqs) <= 1 or kv_cache_kind(model) != "transformer_lens":
         return [
             generate_greedy(
                 model,

@@ -170,9 +170,12 @@ class FusedAttention:
 
 def fused_unavailable(model: Model) -> str | None:
     """Why :func:`fused_attention` would leave ``model`` unchanged, or None."""
-    from transformer_lens import HookedTransformer
+    from focuslens.model.kvcache import kv_cache_kind
 
-    if not isinstance(model, HookedTransformer):
+    blocks = getattr(model, "blocks", ())
+    if kv_cache_kind(model) != "transformer_lens" or not all(
+        hasattr(b.attn, "calculate_qkv_matrices") for b in blocks
+    ):
         return f"{type(model).__name__} is not a HookedTransformer"
     return fused_unsupported(model)
 

@@ -5,12 +5,12 @@ position it has in :func:`focuslens.tokenize_prompt`, and the token spans of a l
 prompt mean the same thing in every forward pass of the generation. Interventions that
 read those spans (the oracles of ``focuslens.interventions``) rely on it.
 
-How: the prompt is run once into a ``TransformerLensKeyValueCache``, then each new
-token is fed alone, reusing the cached keys and values. Hooks fire in every one of
-these forward passes (on the prompt pass with ``query_pos = n_prompt``, then with
-``query_pos = 1``). Models other than ``HookedTransformer`` (a ``TransformerBridge``)
-fall back to re-running the whole sequence each step; the tokens are the same, only
-slower.
+How: the prompt is run once into the model's KV cache (TransformerLens's on a
+``HookedTransformer``, Hugging Face's on a ``TransformerBridge``:
+:mod:`focuslens.model.kvcache`), then each new token is fed alone, reusing the cached
+keys and values. Hooks fire in every one of these forward passes (on the prompt pass
+with ``query_pos = n_prompt``, then with ``query_pos = 1``). ``use_cache=False``
+re-runs the whole sequence each step instead; the tokens are the same, only slower.
 
 Stop conditions, checked after each new token:
 
@@ -114,14 +114,12 @@ def _stepper(
     model: Model, prompt: Tensor, use_cache: bool, chunk_size: int | None = None
 ) -> Callable[[int | None], Tensor]:
     """``step(token)`` feeds a new token (None: the prompt) and returns the next logits."""
-    from transformer_lens import HookedTransformer
+    from focuslens.model.kvcache import cached_forward, kv_cache_kind, new_cache
 
     device = _device(model)
     seq = prompt.to(device)[None]
-    if use_cache and isinstance(model, HookedTransformer):
-        from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-        cache = TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
+    if use_cache and kv_cache_kind(model) is not None:
+        cache = new_cache(model)
 
         def step(token: int | None) -> Tensor:
             if token is None and chunk_size is not None:
@@ -129,17 +127,16 @@ def _stepper(
 
                 return chunked_forward(model, seq[0], chunk_size=chunk_size, past_kv_cache=cache)[0]
             new = seq if token is None else torch.tensor([[token]], device=device)
-            # An explicit all-ones mask: without it TransformerLens masks tokens equal to
-            # the pad token (often EOS) when a cache is used.
-            logits = model(new, past_kv_cache=cache, attention_mask=torch.ones_like(new))
+            logits = cached_forward(model, new, cache)
+            assert logits is not None
             return logits[0, -1]
 
         return step
 
     if chunk_size is not None:
         raise ValueError(
-            f"chunk_size={chunk_size} needs the KV cache: a HookedTransformer and use_cache=True "
-            f"(got {type(model).__name__}, use_cache={use_cache})"
+            f"chunk_size={chunk_size} needs the KV cache: use_cache=True and a model that has "
+            f"one (got {type(model).__name__}, use_cache={use_cache})"
         )
     state = {"seq": seq}
 
@@ -166,7 +163,7 @@ def generate_greedy(
     """Greedy decoding of one prompt with the model's KV cache.
 
     Args:
-        model: A ``HookedTransformer`` (KV cache) or a ``TransformerBridge`` (no cache).
+        model: A ``HookedTransformer`` or a ``TransformerBridge``.
         tokens: ``[pos]`` (or ``[1, pos]``) prompt token ids, BOS included if wanted:
             for a labelled prompt, ``tp = tokenize_prompt(model, p); tp.tokens[:tp.n_prompt]``.
         max_new_tokens: Most tokens to generate.
@@ -174,8 +171,8 @@ def generate_greedy(
             for none.
         stop_strings: Strings that end generation (see the module docstring), e.g.
             ``"\\n"`` for QA with a base model; default none.
-        use_cache: Use the KV cache (HookedTransformer only); False re-runs the whole
-            sequence each step, for checking.
+        use_cache: Use the KV cache; False re-runs the whole sequence each step, for
+            checking.
         chunk_size: Prefill a long prompt in chunks of this many tokens through the KV
             cache (:func:`focuslens.model.prefill.chunked_forward`), so no layer holds more than
             ``chunk_size x n`` attention scores; the same tokens. Default: one pass.
@@ -216,6 +213,12 @@ def generate_greedy(
         from focuslens.model.memory import check_chunk_size
 
         check_chunk_size(chunk_size)
+    if use_cache:
+        from focuslens.model.kvcache import kv_cache_kind
+        from focuslens.model.loading import ensure_backend
+
+        if kv_cache_kind(model) is not None:
+            ensure_backend(model, ("kv_cache",))
     step = _stepper(model, prompt, use_cache, chunk_size)
     new: list[int] = []
     stop = _Stop(tokenizer, stops, strings, max_new_tokens, int(prompt.numel()), n_ctx)

@@ -65,6 +65,25 @@ def query_row_mask(
     return generated if positions == "generated" else ~generated
 
 
+def _cache_argument(kwargs: dict) -> Any:
+    """The KV cache an attention module is called with: TransformerLens's per-layer entry,
+    or the Hugging Face cache a bridge passes (``past_key_values``, or ``cache`` in recent
+    ``transformers``); None without a cache."""
+    for name in ("past_kv_cache_entry", "past_key_values", "cache"):
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+    return None
+
+
+def entry_length(entry: Any, layer: int) -> int:
+    """Positions a layer's cache entry held when a pre-hook saw it (0 for None)."""
+    if entry is None:
+        return 0
+    if hasattr(entry, "past_keys"):
+        return int(entry.past_keys.shape[1])
+    return int(entry.get_seq_length(layer))
+
+
 class PositionTracker:
     """Records, per layer, the KV-cache entry and how many positions it held before this pass.
 
@@ -80,9 +99,9 @@ class PositionTracker:
         self._stack: ExitStack | None = None
 
     def _record(self, layer: int, module: Any, args: tuple, kwargs: dict) -> None:
-        entry = kwargs.get("past_kv_cache_entry")
+        entry = _cache_argument(kwargs)
         self._entries[layer] = entry
-        self._offsets[layer] = 0 if entry is None else int(entry.past_keys.shape[1])
+        self._offsets[layer] = entry_length(entry, layer)
 
     def offset(self, layer: int) -> int:
         return self._offsets.get(layer, 0)
@@ -244,6 +263,7 @@ __all__ = [
     "POSITIONS",
     "absolute_query_positions",
     "attention_scale",
+    "entry_length",
     "check_positions",
     "hooks",
     "key_hook_name",

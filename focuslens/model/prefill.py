@@ -7,7 +7,8 @@ layer in float32; the authors' code asks Hugging Face for all of them at once
 
 Chunked prefill (:func:`chunked_forward`): the tokens go through the model in chunks of
 ``chunk_size`` positions, each chunk reading the keys and values of the previous ones
-from TransformerLens's KV cache (``TransformerLensKeyValueCache``). A layer then holds
+from the KV cache (TransformerLens's on a ``HookedTransformer``, Hugging Face's on a
+``TransformerBridge``: :mod:`focuslens.model.kvcache`). A layer then holds
 at most ``n_heads x chunk_size x n`` attention scores, and the memory grows linearly
 with the length ``n``: the KV cache is ``2 x n_layers x n x n_kv_heads x d_head`` values.
 Logits, steering and interventions are the same as in one pass (to float rounding).
@@ -33,32 +34,40 @@ from jaxtyping import Float, Int
 from torch import Tensor
 
 from focuslens.model.fused import fused_attention
+from focuslens.model.kvcache import (
+    CacheKind,
+    cache_length,
+    cached_forward,
+    kv_cache_kind,
+    new_cache,
+)
 from focuslens.model.memory import chunk_bounds, resolve_chunk_size
 from focuslens.typing import Model
 
 ScoresFrom = Literal["auto", "keys", "pattern"]
 
 
-def check_chunkable(model: Model) -> None:
-    from transformer_lens import HookedTransformer
+def check_chunkable(model: Model, *, cache: CacheKind | None = None) -> None:
+    """Refuse, with the reason, a model that chunked prefill cannot run exactly.
 
-    if not isinstance(model, HookedTransformer):
+    Args:
+        model: The model.
+        cache: The cache kind the caller needs (``"transformer_lens"`` for code that reads
+            TransformerLens's cache entries); default either.
+    """
+    kind = kv_cache_kind(model)
+    if kind is None or (cache is not None and kind != cache):
+        needed = "TransformerLens's KV cache (a HookedTransformer)" if cache else "a KV cache"
         raise ValueError(
-            f"chunked prefill needs a HookedTransformer (TransformerLens's KV cache), got "
-            f"{type(model).__name__}; use chunk_size=None for a one-pass computation"
+            f"chunked prefill here needs {needed}, and a {type(model).__name__} "
+            f"{'has none' if kind is None else f'has the {kind} one'}; use chunk_size=None "
+            "for a one-pass computation"
         )
     if getattr(model.cfg, "use_dynamic_ntk_rope", False):
         raise ValueError(
             "this model uses dynamic-NTK rotary embeddings, whose frequencies change with the "
             "cache length, so chunked prefill would change its outputs; use chunk_size=None"
         )
-
-
-def new_cache(model: Model) -> Any:
-    """An empty ``TransformerLensKeyValueCache`` for one sequence."""
-    from transformer_lens.cache.key_value_cache import TransformerLensKeyValueCache
-
-    return TransformerLensKeyValueCache.init_cache(model.cfg, model.cfg.device, 1)
 
 
 def _tokens_1d(tokens: Any) -> Tensor:
@@ -83,7 +92,7 @@ def run_chunks(
 ) -> Tensor | None:
     """Feed ``tokens`` chunk by chunk; return the logits of ``logits_rows`` (absolute)."""
     device = next(model.parameters()).device
-    offset = int(cache[0].past_keys.shape[1])
+    offset = cache_length(cache)
     wanted = sorted(set(logits_rows))
     out = []
     with torch.no_grad():
@@ -92,15 +101,9 @@ def run_chunks(
                 on_chunk(offset + start, offset + end)
             piece = tokens[start:end].to(device)[None]
             rows = [r - start for r in wanted if start <= r < end]
-            # An explicit all-ones mask: without it TransformerLens masks tokens equal to
-            # the pad token when a cache is used.
-            logits = model(
-                piece,
-                past_kv_cache=cache,
-                attention_mask=torch.ones_like(piece),
-                return_type="logits" if rows else None,
-            )
+            logits = cached_forward(model, piece, cache, logits=bool(rows))
             if rows:
+                assert logits is not None
                 out.append(logits[0, rows])
     return torch.cat(out) if out else None
 
@@ -122,15 +125,15 @@ def chunked_forward(
     :mod:`focuslens.model.hooks` see the same absolute positions as in one pass.
 
     Args:
-        model: A ``HookedTransformer``.
+        model: A ``HookedTransformer`` or a ``TransformerBridge``.
         tokens: ``[pos]`` (or ``[1, pos]``) token ids, BOS included if wanted.
         chunk_size: Tokens per chunk (default :data:`DEFAULT_CHUNK_SIZE`).
         max_memory: Instead of ``chunk_size``, a budget (bytes or ``"8GiB"``) from which
             the chunk size is picked (:func:`chunk_size_for`).
         logits_at: Positions (relative to ``tokens``) whose logits to return: ``"last"``
             (default), ``"all"`` (``n x d_vocab`` values: mind the memory) or a list.
-        past_kv_cache: A ``TransformerLensKeyValueCache`` to continue and fill (for
-            generation after the prefill); default a new one.
+        past_kv_cache: A cache from :func:`focuslens.model.kvcache.new_cache` to continue
+            and fill (for generation after the prefill); default a new one.
         fused: Run the attention fused (:func:`focuslens.model.fused.fused_attention`), so a
             chunk holds no ``chunk_size x n`` pattern except on layers whose scores or
             pattern are hooked; False runs TransformerLens's own attention.
@@ -167,5 +170,7 @@ def chunked_forward(
 
 
 __all__ = [
+    "check_chunkable",
     "chunked_forward",
+    "new_cache",
 ]

@@ -140,7 +140,7 @@ def chunked_contextual_scores(
         check_chunk_size(chunk_size)
     if max_memory is not None:
         parse_memory(max_memory)
-    check_chunkable(model)
+    check_chunkable(model, cache="transformer_lens")  # the keys route reads its entries
     routes = resolve_routes(model, scores_from)
     tps = prepare(
         model,

@@ -44,6 +44,7 @@ from focuslens.model.fused import fused_attention
 from focuslens.model.hooks import hooks, layer_hooks
 from focuslens.model.prefill import ScoresFrom
 from focuslens.prompts.batch import PromptBatch, batches, pad_token_id, query_rows
+from focuslens.model.loading import ensure_backend, qk_points
 from focuslens.prompts.spans import LabeledPrompt
 from focuslens.prompts.tokens import TokenizedPrompt
 from focuslens.scores.reduce import (
@@ -166,6 +167,7 @@ def contextual_scores(
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    ensure_backend(model, (*qk_points(model), "hook_pattern", "hook_attn_scores"))
     if chunk_size is not None or max_memory is not None:
         from focuslens.scores.chunked import chunked_contextual_scores
 

@@ -354,10 +354,9 @@ def resolve_routes(model: Model, scores_from: str, *, one_pass: bool = False) ->
         return ["pattern"] * n_layers
     why = keys_route_unsupported(model)
     if why is None and one_pass:
-        from transformer_lens import HookedTransformer
+        from focuslens.model.fused import fused_unavailable
 
-        if not isinstance(model, HookedTransformer):
-            why = f"{type(model).__name__} is not a HookedTransformer"
+        why = fused_unavailable(model)
     hooked = pattern_hooked_layers(model)
     if scores_from == "keys":
         if why or hooked:

@@ -9,12 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 from _tiny import random_text, tiny_model, word_tokenizer
-from transformer_lens import HookedTransformer, HookedTransformerConfig
 
 from focuslens import LabeledPrompt, contextual_scores
 from focuslens.directions import FocusDirections, ModelShape
 from focuslens.directions.closed_form import closed_form_gradient
-from focuslens.directions.inputs import cache_attention_inputs
+from focuslens.directions.inputs import cache_queries_keys
 from focuslens.directions.learn import layer_mass, learn_focus_directions
 from focuslens.model.generation import generate_greedy
 from focuslens.model.responses import with_responses
@@ -36,6 +35,8 @@ def planted_model(c: float = 6.0, seed: int = 0):
     only. The marker token's key (head 1) is ``c * u`` and every other key and every query
     is orthogonal to ``u``: raising the marker's attention means moving ``d_q`` along
     ``u``. ``u`` has entries ``+-1/sqrt(d_head)`` (see the Adam note in focuslens.directions.learn)."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
     tok = word_tokenizer()
     cfg = HookedTransformerConfig(
         n_layers=1,
@@ -164,7 +165,7 @@ def test_per_layer_shortcut_equals_whole_model(kind):
     gradients as the whole model: the shortcut is exact."""
     model = tiny_model(kind)
     tps = prepare(model, make_prompts(3), query="response", sink=0)
-    cache = cache_attention_inputs(model, tps, [1])
+    cache = cache_queries_keys(model, tps, [1])
     g = torch.Generator().manual_seed(1)
     for i, tp in enumerate(tps):
         d_q = (torch.randn(4, 8, generator=g) * 0.5).requires_grad_()
@@ -317,6 +318,8 @@ def test_dataframe_and_figure():
 # ---------------------------------------------------------------------------- release
 def shaped_model(n_layers, n_heads, n_kv, d_head=128):
     """A random rotary model with a released model's attention shape and a small width."""
+    from transformer_lens import HookedTransformer, HookedTransformerConfig
+
     cfg = HookedTransformerConfig(
         n_layers=n_layers,
         d_model=16,
@@ -477,3 +480,71 @@ def test_learning_from_given_responses_without_a_document_layout():
     with pytest.raises(ValueError, match="alpha='auto' needs a target"):
         with fd.steer(model, [(1, 2)], "auto", prompt_tokens=[torch.tensor([1, 2, 3])]):
             pass
+
+
+def _attention_module_mass(model, layer, inputs, d_q, d_k, rows):
+    """The former HookedTransformer-only route, as an oracle: run the layer's attention
+    module on its cached inputs (``query_input`` / ``key_input``) with the directions
+    added at its own hooks, and read its pattern."""
+    from focuslens.model.hooks import key_hook_name, query_hook_name
+    from focuslens.scores.reduce import span_mass
+
+    group = model.cfg.n_heads // (model.cfg.n_key_value_heads or model.cfg.n_heads)
+    out = {}
+
+    def keep(pattern, hook):
+        out["pattern"] = pattern
+
+    fwd = [
+        (query_hook_name(model, layer), lambda q, hook: q + d_q),
+        (key_hook_name(model, layer), lambda k, hook: k + d_k.reshape(-1, group, 8).mean(1)),
+        (f"blocks.{layer}.attn.hook_pattern", keep),
+    ]
+    q_in, k_in = inputs
+    with model.hooks(fwd_hooks=fwd):
+        model.blocks[layer].attn(query_input=q_in, key_input=k_in, value_input=k_in)
+    return span_mass(out["pattern"], *rows)[..., 0]
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "gqa"])
+def test_learning_from_hooks_equals_the_attention_module_route(kind, monkeypatch):
+    """Whole runs of learn_focus_directions (loss history and directions) from the hooked
+    queries and keys equal the former route through the attention module's inputs."""
+    import focuslens.directions.learn as learn
+
+    model = tiny_model(kind)
+    prompts = make_prompts(4)
+    settings = dict(heads=[(0, 1), (1, 2)], epochs=3, lr=0.05, batch_size=2, response="given")
+    new = learn_focus_directions(model, prompts, record_auto=False, **settings)
+
+    inputs: dict[int, list] = {0: [], 1: []}
+
+    def grab(layer, module, args, kwargs):
+        inputs[layer].append((kwargs["query_input"][0], kwargs["key_input"][0]))
+
+    from focuslens.model.hooks import pre_hooks
+
+    tps = prepare(model, prompts, query="response", sink=0)
+    with pre_hooks(model, grab), torch.no_grad():
+        for tp in tps:
+            model(tp.tokens[None])
+    monkeypatch.setattr(learn, "cache_queries_keys", lambda m, t, layers: inputs)
+    monkeypatch.setattr(learn, "layer_mass", _attention_module_mass)
+    old = learn_focus_directions(model, prompts, record_auto=False, **settings)
+    for layer in ("0", "1"):
+        torch.testing.assert_close(
+            torch.tensor(new.training["loss_history"][layer]),
+            torch.tensor(old.training["loss_history"][layer]),
+            atol=1e-5,
+            rtol=0,
+        )
+    torch.testing.assert_close(new.d_q, old.d_q, atol=1e-5, rtol=0)
+    torch.testing.assert_close(new.d_k, old.d_k, atol=1e-5, rtol=0)
+    assert new.d_q[1].abs().max() > 0.05  # the directions moved from their initial values
+
+
+def test_learning_refuses_attention_it_does_not_reproduce():
+    model = tiny_model("rotary")
+    model.cfg.attn_scores_soft_cap = 30.0
+    with pytest.raises(ValueError, match="attention-score soft-capping"):
+        learn_focus_directions(model, make_prompts(2), response="given", epochs=1)

@@ -5,40 +5,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-from _tiny import random_text, tiny_model, word_tokenizer
+from _tiny import random_text, tiny_model
 
 from focuslens import LabeledPrompt, contextual_scores, tokenize_prompt
 from focuslens.model.loading import BackendError, check_backend, load_model
-
-
-@pytest.fixture(scope="module")
-def hf_llama_folder(tmp_path_factory):
-    """A tiny random Llama (rotary, grouped-query attention) saved as a HF folder."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    tok = word_tokenizer()
-    folder = tmp_path_factory.mktemp("tiny-llama")
-    cfg = LlamaConfig(
-        vocab_size=len(tok),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tok.bos_token_id,
-        eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id,
-    )
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(cfg)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if "proj" in name:
-                param.normal_(0, 0.3)  # peaked attention, so heads differ
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    return folder
+from focuslens.model.loading import hooked_transformer_class as loading_hooked
 
 
 def _prompts(n: int) -> list[LabeledPrompt]:
@@ -70,6 +41,7 @@ def authors_scores(hf_model, tp) -> torch.Tensor:
     return torch.stack([a[0][:, rows][:, :, s:e].sum(-1).mean(-1) for a in out.attentions])
 
 
+@pytest.mark.bridge
 @pytest.mark.slow
 def test_bridge_scores_equal_hugging_face_output_attentions(hf_llama_folder):
     from transformers import LlamaForCausalLM
@@ -86,14 +58,17 @@ def test_bridge_scores_equal_hugging_face_output_attentions(hf_llama_folder):
 
 @pytest.mark.parametrize("kind", ["gpt2", "rotary", "gqa"])
 def test_backend_self_test_passes_on_hooked_transformer(kind):
-    report = check_backend(tiny_model(kind))
+    model = tiny_model(kind)
+    report = check_backend(model)
     assert report.ok, str(report)
-    assert set(report.checks) == {
-        "attention hook points exist",
-        "pattern rows sum to 1",
-        "hook_attn_scores is pre-softmax",
-        "a write at hook_pattern takes effect",
-    }
+    qk = ("hook_rot_q", "hook_rot_k") if kind != "gpt2" else ("hook_q", "hook_k")
+    for point in (*qk, "hook_attn_scores", "hook_pattern", "hook_z"):
+        for check in ("{} exists", "{} fires", "a write at {} takes effect"):
+            assert report.checks[check.format(point)], check.format(point)
+    assert report.checks["the KV cache continues a sequence"]
+    assert (
+        report.checks["pattern rows sum to 1"] and report.checks["hook_attn_scores is pre-softmax"]
+    )
 
 
 def test_backend_self_test_catches_a_dead_hook(monkeypatch):
@@ -113,19 +88,105 @@ def test_backend_self_test_catches_a_dead_hook(monkeypatch):
     monkeypatch.setattr(point, "add_hook", add_hook)
     with pytest.raises(BackendError, match=r"\[ \] a write at hook_pattern takes effect"):
         check_backend(model)
-    assert not check_backend(model, strict=False).ok
+    report = check_backend(model, strict=False)
+    assert not report.ok and report.failed() == ["a write at hook_pattern takes effect"]
 
 
-def test_load_model_errors(tmp_path):
+def _silence(model, layer: int, point: str) -> None:
+    """Make ``blocks.{layer}.attn.{point}`` a hook point that never fires: the attention
+    module calls a fresh identity instead, as a backend that skips the hook would."""
+    attn = model.blocks[layer].attn
+    stale = getattr(attn, point)
+    object.__setattr__(attn, "_modules", {**attn._modules, point: torch.nn.Identity()})
+    assert model.hook_dict[f"blocks.{layer}.attn.{point}"] is stale
+
+
+def test_a_hook_that_never_fires_is_named_and_steering_refuses():
+    """The case of TL 4's native bridge, simulated on a HookedTransformer: hook_rot_q of
+    one layer never fires. The self-test names it, and steering raises instead of being a
+    silent no-op; an entry point that does not need the hook still runs."""
+    import focuslens
+    from focuslens.directions import FocusDirections, ModelShape
+
+    model = tiny_model("rotary")
+    _silence(model, 1, "hook_rot_q")
+    report = check_backend(model, strict=False)
+    assert report.failed() == ["hook_rot_q fires", "a write at hook_rot_q takes effect"]
+    assert "blocks.1.attn.hook_rot_q never fired" in str(report)
+    shape = ModelShape.of(model)
+    directions = FocusDirections(
+        torch.ones(shape.n_layers, shape.n_heads, shape.d_head),
+        torch.zeros(shape.n_layers, shape.n_heads, shape.d_head),
+        shape,
+        heads=[(1, 0)],
+        layers=[0, 1],
+    )
+    tokens = torch.tensor([[1, 20, 30, 40]])
+    with pytest.raises(BackendError, match="hook_rot_q fires"):
+        with directions.steer(model, [(1, 0)], alpha=1.0):
+            model(tokens)
+    assert model._focuslens_backend_report is not None  # cached on the model
+    with pytest.raises(BackendError, match="hook_rot_q"):
+        focuslens.contextual_scores(model, _prompts(1))
+    # steering by the score bias needs hook_rot_k and hook_attn_scores, which both work
+    with directions.steer(model, [(1, 0)], alpha=1.0, form="scores"):
+        model(tokens)
+
+
+def test_the_self_test_runs_once_per_model(monkeypatch):
+    import focuslens.model.loading as loading
+
+    model = tiny_model("gpt2")
+    calls = []
+    original = loading.check_backend
+    monkeypatch.setattr(
+        loading, "check_backend", lambda m, **kw: calls.append(1) or original(m, **kw)
+    )
+    for _ in range(3):
+        contextual_scores(model, _prompts(1))
+    assert calls == [1]
+
+
+@pytest.mark.bridge
+def test_load_model_errors(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="dtype must be one of"):
-        load_model("demo", dtype="float8")
-    with pytest.raises(ValueError, match="unknown model 'no-such-model-xyz'"):
-        load_model("no-such-model-xyz")
+        load_model("demo", dtype="float8")  # checked before loading
+    if loading_hooked():
+        with pytest.raises(ValueError, match="unknown model 'no-such-model-xyz'"):
+            load_model("no-such-model-xyz")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="not a Hugging Face model folder"):
         load_model(str(tmp_path / "empty"))
 
 
+@pytest.mark.bridge
+def test_load_model_boots_a_bridge_where_hooked_transformer_is_gone(monkeypatch):
+    """Under transformer-lens 4.x (simulated here under 3.x too) a model name goes to
+    TransformerBridge.boot_transformers, in compatibility mode."""
+    from transformer_lens.model_bridge import TransformerBridge
+
+    import focuslens.model.loading as loading
+
+    calls = []
+
+    class Booted:
+        def enable_compatibility_mode(self, **kwargs):
+            calls.append(("compat", kwargs))
+
+    def boot(name, **kwargs):
+        calls.append(("boot", name, kwargs["dtype"]))
+        return Booted()
+
+    monkeypatch.setattr(loading, "hooked_transformer_class", lambda: None)
+    monkeypatch.setattr(TransformerBridge, "boot_transformers", staticmethod(boot))
+    assert isinstance(load_model("some-org/some-model", dtype="bfloat16"), Booted)
+    assert calls == [
+        ("boot", "some-org/some-model", torch.bfloat16),
+        ("compat", {"disable_warnings": True}),
+    ]
+
+
+@pytest.mark.bridge
 @pytest.mark.slow
 @pytest.mark.parametrize("form", ["qk", "scores"])
 def test_steering_a_bridge_equals_hugging_face_with_the_query_added(
@@ -174,11 +235,3 @@ def test_steering_a_bridge_equals_hugging_face_with_the_query_added(
     got, plain, expected = (x.log_softmax(-1) for x in (got, plain, expected))
     assert (expected - plain).abs().max() > 1e-2  # the steer is visible
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=0)
-
-
-def test_learning_on_a_bridge_is_refused_with_a_way_out(hf_llama_folder):
-    import focuslens
-
-    bridge = load_model(str(hf_llama_folder))
-    with pytest.raises(TypeError, match="needs a HookedTransformer.*TransformerBridge"):
-        focuslens.learn_focus_directions(bridge, _prompts(2), response="given", epochs=1)
