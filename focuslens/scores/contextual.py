@@ -42,9 +42,9 @@ import torch
 
 from focuslens.model.fused import fused_attention
 from focuslens.model.hooks import hooks, layer_hooks
+from focuslens.model.loading import ensure_backend, qk_points
 from focuslens.model.prefill import ScoresFrom
 from focuslens.prompts.batch import PromptBatch, batches, pad_token_id, query_rows
-from focuslens.model.loading import ensure_backend, qk_points
 from focuslens.prompts.spans import LabeledPrompt
 from focuslens.prompts.tokens import TokenizedPrompt
 from focuslens.scores.reduce import (
