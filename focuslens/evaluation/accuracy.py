@@ -47,7 +47,7 @@ from focuslens.evaluation.metrics import (
 )
 from focuslens.heads import HeadSet
 from focuslens.interventions.base import Intervention, applied
-from focuslens.model.batched import generate_greedy_batch
+from focuslens.model.batched import generate_greedy_batch, generates_batched
 from focuslens.model.generation import Generation, answer_tokens
 from focuslens.model.responses import answer_settings
 from focuslens.prompts.spans import LabeledPrompt
@@ -377,7 +377,8 @@ def evaluate(
             :func:`~focuslens.model.batched.generate_greedy_batch`, among prompts that share
             ``max_new_tokens`` and stop strings). The answers and rows are those of one
             prompt at a time (``batch_size=1``); the intervention is applied to each batch's
-            prompts, in order.
+            prompts, in order. A model without batched generation (a ``TransformerBridge``:
+            :func:`~focuslens.model.batched.generates_batched`) answers one at a time.
 
     Returns:
         An :class:`EvalResult` (``.accuracy``, ``.to_dataframe()``, ``.summary()``).
@@ -420,6 +421,8 @@ def evaluate(
             raise ValueError(f"prompt {i}: {exc}") from None
     rows: list[dict[str, Any]] = [{} for _ in prompts]
     bar = tqdm(total=len(prompts), desc="evaluate", unit="prompt", disable=not progress)
+    if not generates_batched(model):  # the intervention must see each forward's prompts
+        batch_size = 1
     for batch in _batches(prompts, options, batch_size):
         try:
             gens = _generate(model, batch, prompts, tps, options)

@@ -96,9 +96,7 @@ def generate_greedy_batch(
     ):
         raise ValueError(f"max_new_tokens must be a positive int, got {max_new_tokens!r}")
     seqs = [_prompt_tokens(p) for p in prompts]
-    from focuslens.model.kvcache import kv_cache_kind
-
-    if len(seqs) <= 1 or kv_cache_kind(model) != "transformer_lens":
+    if len(seqs) <= 1 or not generates_batched(model):
         return [
             generate_greedy(
                 model,
@@ -148,6 +146,16 @@ def _decode(model: Model, seqs: list[Tensor], stops: list[_Stop]) -> list[Genera
     return [stop.generation(tokens) for stop, tokens in zip(stops, new)]
 
 
+def generates_batched(model: Model) -> bool:
+    """Whether :func:`generate_greedy_batch` answers several prompts of ``model`` in one
+    batch (TransformerLens's KV cache: a ``HookedTransformer``), rather than one at a
+    time (a ``TransformerBridge``)."""
+    from focuslens.model.kvcache import kv_cache_kind
+
+    return kv_cache_kind(model) == "transformer_lens"
+
+
 __all__ = [
     "generate_greedy_batch",
+    "generates_batched",
 ]

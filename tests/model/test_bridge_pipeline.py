@@ -63,6 +63,23 @@ def test_generation_on_a_bridge_uses_its_kv_cache(bridge):
     assert len(set(cached.tokens.tolist())) > 1
 
 
+def test_evaluate_on_a_bridge_answers_one_prompt_at_a_time_under_an_oracle(bridge):
+    """A bridge generates one prompt at a time, so evaluate applies the intervention to
+    each prompt alone (a batch of prompts would not match the forward passes), and gets
+    the answers of a by-hand loop under the same intervention."""
+    from focuslens.model.batched import generates_batched
+
+    prompts = _prompts(3)
+    boost = focuslens.SplitSoftmax([(0, 1), (1, 2)], tau=0.1)
+    assert not generates_batched(bridge)
+    result = focuslens.evaluate(bridge, prompts, intervention=boost, max_new_tokens=3)
+    for prompt, row in zip(prompts, result.to_dataframe().itertuples()):
+        tp = tokenize_prompt(bridge, prompt)
+        with boost.apply(bridge, [prompt]):
+            gen = generate_greedy(bridge, tp.tokens[: tp.n_prompt], max_new_tokens=3)
+        assert row.prediction == gen.text
+
+
 @pytest.mark.parametrize("form", ["qk", "scores"])
 @pytest.mark.parametrize("positions", ["all", "generated"])
 def test_chunked_prefill_on_a_bridge_equals_one_pass_steered(bridge, form, positions):
