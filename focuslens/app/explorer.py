@@ -136,6 +136,11 @@ class Explorer:
         self.view = view
         self.history.append(view)
         if get_ipython() is not None:  # drawn in a notebook; outside one, only computed
+            from focuslens.plots.notebook import plotlyjs_once
+
+            script = plotlyjs_once()  # in the cell's output, not inside the Output widget
+            if script:
+                display(HTML(script))
             self.output.clear_output(wait=True)
             with self.output:
                 display(HTML(view._repr_html_()))

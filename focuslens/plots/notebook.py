@@ -49,8 +49,12 @@ def include_plotlyjs_again() -> None:
     _state["plotlyjs_sent"] = False
 
 
-def _plotlyjs_once() -> str:
-    """plotly's JavaScript, inline, the first time in this kernel; then nothing."""
+def plotlyjs_once() -> str:
+    """plotly's JavaScript, inline, the first time in this kernel; then nothing.
+
+    A widget that draws cards into an ``ipywidgets.Output`` displays this first, outside
+    the widget: 4.8 MB inside an output widget stalls headless runners (nbclient waits
+    for its full timeout)."""
     if _state["plotlyjs_sent"]:
         return ""
     _state["plotlyjs_sent"] = True
@@ -77,7 +81,7 @@ def figure_html(fig: Any) -> str:
         div_id=f"focuslens-{uuid.uuid4().hex[:12]}-{next(_counter)}",
         config={"displaylogo": False, "displayModeBar": False, "responsive": False},
     )
-    return _plotlyjs_once() + div
+    return plotlyjs_once() + div
 
 
 def _cell(value: Any) -> str:
@@ -353,4 +357,5 @@ __all__ = [
     "figure_html",
     "head_scores_html",
     "include_plotlyjs_again",
+    "plotlyjs_once",
 ]
