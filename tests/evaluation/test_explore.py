@@ -168,3 +168,42 @@ def test_panel_follows_scripted_value_changes(model, prompt, directions):
     panel.heads.value = []  # nothing picked: said in the panel, nothing raised
     assert "pick at least one head" in panel.status.value and panel.view is view
     assert focuslens.explore(model, prompt, heads=HEADS).alpha.disabled is not False
+
+
+def test_in_a_notebook_the_plotly_script_stays_out_of_the_output_widget(model, prompt, monkeypatch):
+    """plotly's 4.8 MB script goes to the cell's output once, never inside the panel's
+    Output widget (there it stalls headless notebook runners for a full cell timeout)."""
+    pytest.importorskip("ipywidgets")
+    import IPython
+    import IPython.display
+
+    from focuslens.app import explorer
+    from focuslens.plots import notebook
+
+    class Tracked(explorer._widgets().Output):  # records whether a `with` block is open
+        inside = False
+
+        def __enter__(self):
+            Tracked.inside = True
+            return self
+
+        def __exit__(self, *exc):
+            Tracked.inside = False
+
+        def clear_output(self, *args, **kwargs):
+            pass
+
+    shown = []  # (inside the Output widget?, html)
+    monkeypatch.setattr(IPython, "get_ipython", lambda: object())
+    monkeypatch.setattr(
+        IPython.display, "display", lambda obj, *a, **k: shown.append((Tracked.inside, obj.data))
+    )
+    monkeypatch.setattr(explorer._widgets(), "Output", Tracked)
+    notebook.include_plotlyjs_again()
+    panel = focuslens.explore(model, prompt, heads=HEADS, max_new_tokens=MAX_NEW)
+    panel.set(tau=0.5)
+    scripts = [inside for inside, html in shown if "window.Plotly" in html]
+    assert scripts == [False]  # once, in the cell's output
+    cards = [html for inside, html in shown if inside]
+    assert len(cards) == 2 and all("window.Plotly" not in html for html in cards)
+    assert all("Plotly.newPlot(" in html for html in cards)
