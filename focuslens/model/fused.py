@@ -44,25 +44,43 @@ from focuslens.typing import Model
 _QK_NORM_AFTER_HOOKS = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
 
 
-def fused_unsupported(model: Model) -> str | None:
-    """The attention features of ``model`` that the fused forward does not reproduce
-    (comma-separated), or None when every layer can run fused."""
+def attention_features(model: Model) -> dict[str, bool]:
+    """Which attention features beyond a causal softmax of ``q.k / scale`` the model's
+    config turns on, by name: what a computation from queries and keys (fused attention,
+    scores from keys, learning) cannot reproduce."""
     cfg = model.cfg
-    attn_types = getattr(cfg, "attn_types", None) or ()
-    reasons = {
+    return {
         "ALiBi or relative position biases": cfg.positional_embedding_type
         in ("alibi", "relative_positional_bias"),
         "attention-score soft-capping": (getattr(cfg, "attn_scores_soft_cap", -1) or -1) > 0,
         "learned attention sinks": bool(getattr(cfg, "use_attention_sinks", False)),
         "log-n attention scaling": bool(getattr(cfg, "use_logn_attn", False)),
-        "local attention windows": "local" in attn_types,
+        "local attention windows": "local" in (getattr(cfg, "attn_types", None) or ()),
         "non-causal attention": getattr(cfg, "attention_dir", "causal") != "causal",
-        "QK-norm after hook_q": getattr(cfg, "original_architecture", None) in _QK_NORM_AFTER_HOOKS,
-        "per-head attention results (use_attn_result)": bool(getattr(cfg, "use_attn_result", 0)),
-        "4-bit weights": bool(getattr(cfg, "load_in_4bit", False)),
     }
-    found = [name for name, hit in reasons.items() if hit]
+
+
+def named_features(features: dict[str, bool]) -> str | None:
+    """The names of the features that are on (comma-separated), or None."""
+    found = [name for name, hit in features.items() if hit]
     return ", ".join(found) if found else None
+
+
+def fused_unsupported(model: Model) -> str | None:
+    """The attention features of ``model`` that the fused forward does not reproduce
+    (comma-separated), or None when every layer can run fused."""
+    cfg = model.cfg
+    return named_features(
+        {
+            **attention_features(model),
+            "QK-norm after hook_q": getattr(cfg, "original_architecture", None)
+            in _QK_NORM_AFTER_HOOKS,
+            "per-head attention results (use_attn_result)": bool(
+                getattr(cfg, "use_attn_result", 0)
+            ),
+            "4-bit weights": bool(getattr(cfg, "load_in_4bit", False)),
+        }
+    )
 
 
 def _pattern_hooked(attn: Any) -> bool:
@@ -229,6 +247,8 @@ def fused_attention(model: Model, *, strict: bool = False) -> Iterator[FusedAtte
 
 __all__ = [
     "FusedAttention",
+    "attention_features",
+    "named_features",
     "fused_attention",
     "fused_unavailable",
     "fused_unsupported",

@@ -308,20 +308,10 @@ class BatchKeysCollector:
 
 def keys_route_unsupported(model: Model) -> str | None:
     """Why the ``"keys"`` route cannot reproduce this model's attention, or None."""
-    cfg = model.cfg
-    reasons = {
-        "ALiBi or relative position biases": cfg.positional_embedding_type
-        in ("alibi", "relative_positional_bias"),
-        "attention-score soft-capping": (getattr(cfg, "attn_scores_soft_cap", -1) or -1) > 0,
-        "learned attention sinks": bool(getattr(cfg, "use_attention_sinks", False)),
-        "log-n attention scaling": bool(getattr(cfg, "use_logn_attn", False)),
-        "local attention windows": "local" in (getattr(cfg, "attn_types", None) or ()),
-        "q/k clipping after hook_q": getattr(cfg, "clip_qkv", None) is not None
-        and not rotary(model),
-        "non-causal attention": getattr(cfg, "attention_dir", "causal") != "causal",
-    }
-    found = [name for name, hit in reasons.items() if hit]
-    return ", ".join(found) if found else None
+    from focuslens.model.fused import attention_features, named_features
+
+    clipped = getattr(model.cfg, "clip_qkv", None) is not None and not rotary(model)
+    return named_features({**attention_features(model), "q/k clipping after hook_q": clipped})
 
 
 def attention_hooks_active(model: Model) -> list[str]:
