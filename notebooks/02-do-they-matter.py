@@ -215,8 +215,8 @@ retrieval.figure(top_k=3)
 # It reads the span labels, so it is an **oracle**: a way to test the mechanism, not a
 # method you could deploy. Its controls are what make it evidence: the same boost on
 # random heads, and on every head at once. `contextual_head_experiment` runs all of it
-# and returns one tidy table (this cell takes a few minutes: it answers the test prompts
-# once per condition):
+# and returns one tidy table (the slowest cell of the notebook: it answers the test
+# prompts once per condition):
 
 # %%
 from focuslens.evaluation.experiments import contextual_head_experiment
