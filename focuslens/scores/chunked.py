@@ -35,6 +35,7 @@ from torch import Tensor
 
 from focuslens.model.fused import fused_attention
 from focuslens.model.hooks import hooks
+from focuslens.model.kvcache import kv_cache_kind
 from focuslens.model.memory import check_chunk_size, parse_memory, resolve_chunk_size
 from focuslens.model.prefill import ScoresFrom, check_chunkable, new_cache, run_chunks
 from focuslens.prompts.batch import query_rows
@@ -112,7 +113,8 @@ def chunked_contextual_scores(
     those of the one-pass computation.
 
     Args:
-        model: A ``HookedTransformer``.
+        model: A ``HookedTransformer``, or a ``TransformerBridge`` (through its Hugging
+            Face cache, always from each chunk's pattern rows).
         prompts: Labelled prompts (see :func:`focuslens.contextual_scores`).
         chunk_size: Tokens per chunk (default :data:`~focuslens.model.memory.DEFAULT_CHUNK_SIZE`).
         max_memory: Instead of ``chunk_size``: a budget (bytes or ``"8GiB"``); the chunk
@@ -140,8 +142,16 @@ def chunked_contextual_scores(
         check_chunk_size(chunk_size)
     if max_memory is not None:
         parse_memory(max_memory)
-    check_chunkable(model, cache="transformer_lens")  # the keys route reads its entries
-    routes = resolve_routes(model, scores_from)
+    check_chunkable(model)
+    if kv_cache_kind(model) == "transformer_lens":
+        routes = resolve_routes(model, scores_from)
+    elif scores_from == "keys":  # the keys route reads TransformerLens's cache entries
+        raise ValueError(
+            f"scores_from='keys' reads TransformerLens's KV cache, and a {type(model).__name__} "
+            "keeps a Hugging Face one; use scores_from='pattern' or 'auto'"
+        )
+    else:  # a bridge: each chunk's pattern rows, read through its Hugging Face cache
+        routes = resolve_routes(model, "pattern")
     tps = prepare(
         model,
         prompts,

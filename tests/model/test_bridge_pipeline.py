@@ -63,6 +63,26 @@ def test_generation_on_a_bridge_uses_its_kv_cache(bridge):
     assert len(set(cached.tokens.tolist())) > 1
 
 
+def test_chunked_scores_on_a_bridge_equal_one_pass(bridge):
+    """Chunked contextual scores read each chunk's pattern rows through the bridge's
+    Hugging Face cache: the same numbers as one pass, named spans included."""
+    prompts = _prompts(3)
+    one = focuslens.contextual_scores(bridge, prompts)
+    chunked = focuslens.contextual_scores(bridge, prompts, chunk_size=4)
+    assert chunked.meta["scores_from"] == "pattern" and chunked.span_names == one.span_names
+    for name in one.names:
+        torch.testing.assert_close(
+            chunked.mass(name, per_example=True),
+            one.mass(name, per_example=True),
+            atol=1e-5,
+            rtol=0,
+            equal_nan=True,
+        )
+    assert one.relevant.std() > 1e-3
+    with pytest.raises(ValueError, match="scores_from='keys' reads TransformerLens's KV cache"):
+        focuslens.contextual_scores(bridge, prompts, chunk_size=4, scores_from="keys")
+
+
 def test_evaluate_on_a_bridge_answers_one_prompt_at_a_time_under_an_oracle(bridge):
     """A bridge generates one prompt at a time, so evaluate applies the intervention to
     each prompt alone (a batch of prompts would not match the forward passes), and gets
