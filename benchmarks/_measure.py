@@ -73,6 +73,24 @@ def run_cases(
     return {c: run_isolated(script, c) for c in cases}, args.json
 
 
+def documents_prompt(doc_words: int, n_docs: int = 20, relevant: int = 7, n_response: int = 16):
+    """A word-tokenizer prompt of ``n_docs`` documents of ``doc_words`` words each, the
+    ``relevant``-th relevant, followed by a response of ``n_response`` words."""
+    from focuslens import LabeledPrompt
+
+    docs = [
+        " ".join(f"t{(d * 997 + i * 31) % 50000}" for i in range(doc_words)) for d in range(n_docs)
+    ]
+    text = "t1 t2 " + " ".join(docs) + " t1"
+    spans, pos = [], len("t1 t2 ")
+    for d in docs:
+        spans.append((pos, pos + len(d)))
+        pos += len(d) + 1
+    response = " ".join(f"t{50000 + i}" for i in range(n_response))
+    rest = spans[:relevant] + spans[relevant + 1 :]
+    return LabeledPrompt(text, spans[relevant], rest, ["r0"], response=response)
+
+
 def print_ratios(res: dict[str, dict], width: int, base: str = "forward") -> None:
     """Time and peak memory of each case, and their ratios to the ``base`` case."""
     ref = res[base]

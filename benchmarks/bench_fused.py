@@ -68,20 +68,10 @@ def word_tokenizer(vocab_size: int):
 
 def prompt_of_length(n_tokens: int):
     """A prompt of about ``n_tokens`` words: 20 documents, the 8th relevant."""
-    from focuslens import LabeledPrompt
+    from _measure import documents_prompt
 
     doc_words = max(2, (n_tokens - N_RESPONSE) // N_DOCS - 1)
-    docs = [
-        " ".join(f"t{(d * 997 + i * 31) % 50000}" for i in range(doc_words)) for d in range(N_DOCS)
-    ]
-    text = "t1 t2 " + " ".join(docs) + " t1"
-    spans, pos = [], len("t1 t2 ")
-    for d in docs:
-        spans.append((pos, pos + len(d)))
-        pos += len(d) + 1
-    response = " ".join(f"t{50000 + i}" for i in range(N_RESPONSE))
-    rest = spans[:RELEVANT] + spans[RELEVANT + 1 :]
-    return LabeledPrompt(text, spans[RELEVANT], rest, ["r0"], response=response)
+    return documents_prompt(doc_words, N_DOCS, RELEVANT, N_RESPONSE)
 
 
 def tl_model(shape: dict, n_ctx: int):

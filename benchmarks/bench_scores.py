@@ -17,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from _measure import measure, print_ratios, run_cases  # noqa: E402
+from _measure import documents_prompt, measure, print_ratios, run_cases  # noqa: E402
 
 N_PROMPT, N_RESPONSE, N_DOCS = 2000, 16, 20
 
@@ -26,7 +26,7 @@ def build():
     import torch
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
-    from focuslens import LabeledPrompt, tokenize_prompt
+    from focuslens import tokenize_prompt
 
     torch.set_num_threads(2)
     cfg = HookedTransformerConfig(
@@ -45,17 +45,7 @@ def build():
     model.eval()
 
     model.set_tokenizer(word_tokenizer(cfg.d_vocab))
-    doc_words = N_PROMPT // N_DOCS - 1
-    docs = [
-        " ".join(f"t{(d * 997 + i * 31) % 50000}" for i in range(doc_words)) for d in range(N_DOCS)
-    ]
-    text = "t1 t2 " + " ".join(docs) + " t1"
-    spans, pos = [], len("t1 t2 ")
-    for d in docs:
-        spans.append((pos, pos + len(d)))
-        pos += len(d) + 1
-    response = " ".join(f"t{50000 + i}" for i in range(N_RESPONSE))
-    prompt = LabeledPrompt(text, spans[7], spans[:7] + spans[8:], ["r0"], response=response)
+    prompt = documents_prompt(N_PROMPT // N_DOCS - 1, N_DOCS, 7, N_RESPONSE)
     tokens = tokenize_prompt(model, prompt).tokens[None]
     return model, prompt, tokens
 

@@ -172,6 +172,15 @@ class _Collector:
         return self.rows[inside] - start
 
 
+def _query_key_hooks(collector: Any) -> list[tuple[str, Callable]]:
+    """A keys collector's hooks: its query hook and its key hook on each of its layers."""
+    out = []
+    for layer in collector.layers:
+        out.append((query_hook_name(collector.model, layer), collector._query_hook(layer)))
+        out.append((key_hook_name(collector.model, layer), collector._key_hook(layer)))
+    return out
+
+
 class _PatternCollector(_Collector):
     """Sums each chunk's ``hook_pattern`` rows over the spans."""
 
@@ -203,11 +212,7 @@ class _KeysCollector(_Collector):
 
     def fwd_hooks(self) -> list[tuple[str, Callable]]:
         self.queries = {}
-        out = []
-        for layer in self.layers:
-            out.append((query_hook_name(self.model, layer), self._query_hook(layer)))
-            out.append((key_hook_name(self.model, layer), self._key_hook(layer)))
-        return out
+        return _query_key_hooks(self)
 
     def _query_hook(self, layer: int) -> Callable:
         def hook(q: Tensor, hook: Any) -> None:
@@ -275,11 +280,7 @@ class BatchKeysCollector:
     queries: dict[int, list[Tensor]] = field(default_factory=dict)
 
     def fwd_hooks(self) -> list[tuple[str, Callable]]:
-        out = []
-        for layer in self.layers:
-            out.append((query_hook_name(self.model, layer), self._query_hook(layer)))
-            out.append((key_hook_name(self.model, layer), self._key_hook(layer)))
-        return out
+        return _query_key_hooks(self)
 
     def _query_hook(self, layer: int) -> Callable:
         def hook(q: Tensor, hook: Any) -> None:
