@@ -10,22 +10,45 @@ attention, and steering should bring its *focus* back to that level, no further 
 large an alpha makes heads attend to irrelevant context too). Relevance labels are not
 available at inference, so the rule uses a label-free proxy of that mass.
 
-Per prompt, on the query row of the last prompt token (the one that predicts the first
-answer token) and for the steered heads:
+Per prompt, for the steered heads:
 
-* the statistic ``s(alpha)`` is the mean over the steered heads of their
+* the **calibration row** is the row where those heads read the relevant document: the
+  last prompt token (``offset`` 0), or the row of the model's ``offset``-th own answer
+  token, generated greedily and unsteered first (a model that repeats the question or
+  starts with a fixed prefix, as chat models do, decides its answer a few tokens in);
+* the statistic ``s(alpha)`` is the mean over the steered heads, on that row, of their
   ``statistic`` (see :data:`STATISTICS`): by default ``"focus"``, the attention mass
-  on the ``window`` most-attended keys outside the sink, with ``window`` the median
-  token length of a relevant document in the learning prompts;
+  on the ``window`` most-attended keys outside the sink;
 * the target ``t`` is the mean over the same heads of a table recorded while learning
-  (:func:`record_auto_target`): the relevant-span mass of that row on the *gold-only*
-  prompts, unsteered;
-* alpha is found by bisection on ``[0, alpha_max]`` so that ``s(alpha)`` reaches ``t``
-  (within ``tolerance``); alpha is 0 when ``s(0) >= t`` already (the head is focused,
-  nothing to fix) and ``alpha_max`` when even that does not reach ``t``.
+  (:func:`record_auto_target`), on the *gold-only* prompts, unsteered;
+* ``search="bisect"``: alpha is found by bisection on ``[0, alpha_max]`` so that
+  ``s(alpha)`` reaches ``t`` (within ``tolerance``); alpha is 0 when ``s(0) >= t``
+  already (the heads are focused, nothing to fix) and ``alpha_max`` when even that does
+  not reach ``t``. ``search="climb"``: alpha walks up ``grid`` evenly spaced points
+  from 0 to ``alpha_max`` while ``s`` rises, and stops where it stops rising or
+  reaches ``t``: steer while it makes the heads more focused, no further (past some
+  alpha they lose focus again, and accuracy falls).
 
-Cost: ``2 + max_iter`` forward passes of the prompt that stop after the last steered
-layer, once per prompt; cached generation steps reuse the alpha.
+Directions learned by :func:`focuslens.learn_focus_directions` record everything the
+rule needs (:func:`record_auto_target`), measured on the gold-only variants of the
+learning prompts with their responses teacher-forced:
+
+* per response row (``offset`` 0 to 8), the relevant-span mass of each head on the
+  learning prompts themselves, distractors and all; the rule calibrates at the row
+  where the steered heads' mean mass is largest (where they find the document);
+* ``window``: the median number of keys that hold half of the top heads' relevant mass
+  (a head that reads a document from one delimiter token gets window 1);
+* per row, the ``focus`` statistic of each head with that window: the target;
+* per row, each head's mean query norm; ``alpha_max`` is the median over the steered
+  heads of query norm / ``|d_q|``: steering never adds a vector longer than the query;
+* ``search="climb"``.
+
+Rules built by hand (``AutoAlpha(target=...)``) and directions recorded before this
+table existed keep the last prompt row, ``window`` 5, ``alpha_max`` 1 and bisection.
+
+Cost: ``offset`` greedy forward passes, then ``2 + max_iter`` (bisection) or at most
+``grid`` (climb) forward passes of the prompt that stop after the last steered layer, once per prompt;
+cached generation steps reuse the alpha.
 
 Example:
     >>> rule = AutoAlpha(target=0.6, alpha_max=1.0)
@@ -38,6 +61,7 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any
 
 import torch
@@ -77,6 +101,10 @@ class AutoAlpha:
         alpha_max: Largest alpha tried.
         tolerance: Stop bisecting within this distance of the target.
         max_iter: Most bisection steps.
+        offset: Calibration row: 0 for the last prompt token, ``n`` for the row of the
+            ``n``-th token the model generates (greedily, unsteered) after it.
+        search: ``"bisect"`` or ``"climb"`` (module docstring).
+        grid: Points of ``search="climb"``, 0 and ``alpha_max`` included.
     """
 
     target: float
@@ -86,15 +114,28 @@ class AutoAlpha:
     alpha_max: float = 1.0
     tolerance: float = 0.01
     max_iter: int = 6
+    offset: int = 0
+    search: str = "bisect"
+    grid: int = 9
 
     def __post_init__(self) -> None:
         if self.statistic not in STATISTICS:
             raise ValueError(
                 f"statistic must be one of {sorted(STATISTICS)}, got {self.statistic!r}"
             )
-        if self.alpha_max <= 0 or self.window < 1 or self.sink < 0 or self.max_iter < 0:
+        if self.search not in SEARCHES:
+            raise ValueError(f"search must be one of {sorted(SEARCHES)}, got {self.search!r}")
+        if (
+            self.alpha_max <= 0
+            or self.window < 1
+            or self.sink < 0
+            or self.max_iter < 0
+            or self.offset < 0
+            or self.grid < 2
+        ):
             raise ValueError(
-                f"need alpha_max > 0, window >= 1, sink >= 0, max_iter >= 0; got {self}"
+                "need alpha_max > 0, window >= 1, sink >= 0, max_iter >= 0, offset >= 0, "
+                f"grid >= 2; got {self}"
             )
 
     @classmethod
@@ -112,12 +153,29 @@ class AutoAlpha:
                 "one with focuslens.directions.magnitude.record_auto_target(model, directions, prompts) "
                 "or pass auto=AutoAlpha(target=...)"
             )
-        table = torch.tensor(info["table"], dtype=torch.float32)
         layers = torch.tensor([layer for layer, _ in heads])
         idx = torch.tensor([head for _, head in heads])
-        settings = {k: info[k] for k in ("statistic", "window", "sink") if k in info}
+        settings: dict[str, Any] = {
+            k: info[k] for k in ("statistic", "window", "sink", "search") if k in info
+        }
+        if "tables" in info:  # per response row: calibrate where the heads read
+            relevant = torch.tensor(info["relevant"], dtype=torch.float32)[:, layers, idx]
+            offset = int(relevant.mean(1).argmax())
+            table = torch.tensor(info["tables"][offset], dtype=torch.float32)
+            settings["offset"] = offset
+            settings["alpha_max"] = _alpha_max(directions, info, offset, layers, idx)
+        else:
+            table = torch.tensor(info["table"], dtype=torch.float32)
         settings.update(dict(override or {}))
         return cls(target=float(table[layers, idx].mean()), **settings)
+
+
+def _alpha_max(directions: Any, info: dict, offset: int, layers: Tensor, idx: Tensor) -> float:
+    """Median over the heads of (their mean query norm on the row) / ``|d_q|``."""
+    norms = torch.tensor(info["query_norm"][offset], dtype=torch.float32)[layers, idx]
+    dq = directions.d_q[layers, idx].float().norm(dim=-1)
+    ratio = norms[dq > 0] / dq[dq > 0]
+    return float(ratio.median()) if ratio.numel() else 1.0
 
 
 def _statistic(model: Model, rule: AutoAlpha, heads: HeadSet, tokens: Tensor, **kw: Any) -> Tensor:
@@ -176,19 +234,83 @@ def bisect_alpha(
     return alpha, stat
 
 
+def climb_alpha(
+    measure: Callable[[Tensor], Tensor], rule: AutoAlpha, batch: int
+) -> tuple[Tensor, Tensor]:
+    """Per-sequence alpha walking up ``rule.grid`` evenly spaced points of
+    ``[0, alpha_max]`` while the statistic increases: a sequence stops at the last point
+    before the statistic stops rising, or at the first point that reaches the target
+    (within ``tolerance``). Same signature as :func:`bisect_alpha`."""
+    alphas = torch.linspace(0.0, float(rule.alpha_max), rule.grid)
+    alpha = torch.zeros(batch)
+    stat = measure(alpha)
+    active = stat < rule.target - rule.tolerance
+    for a in alphas[1:]:
+        if not bool(active.any()):
+            break
+        s = measure(torch.where(active, a, alpha))
+        up = active & (s > stat)
+        alpha, stat = torch.where(up, a, alpha), torch.where(up, s, stat)
+        active = up & (s < rule.target - rule.tolerance)
+    return alpha, stat
+
+
+SEARCHES: dict[str, Callable[..., tuple[Tensor, Tensor]]] = {
+    "bisect": bisect_alpha,
+    "climb": climb_alpha,
+}
+"""Name -> ``f(measure, rule, batch) -> (alpha [batch], statistic [batch])``."""
+
+
+def _append(model: Model, inputs: Tensor, token: Tensor, kw: dict[str, Any]) -> Tensor:
+    """``inputs`` (token ids, or the residual entering block 0) with one token appended."""
+    if not torch.is_floating_point(inputs):
+        return torch.cat([inputs, token[:, None].to(inputs)], 1)
+    kind = model.cfg.positional_embedding_type
+    new = model.embed(token[:, None])
+    if kind == "standard":
+        new = new + model.pos_embed(
+            token[:, None], inputs.shape[1], attention_mask=kw.get("attention_mask")
+        )
+    elif kind not in ("rotary", "alibi"):
+        raise ValueError(
+            f"alpha='auto' with offset > 0 cannot extend a residual stream under "
+            f"positional_embedding_type={kind!r}; pass prompt_tokens to steer(...)"
+        )
+    return torch.cat([inputs, new.to(inputs.dtype)], 1)
+
+
+def _lookahead(model: Model, inputs: Tensor, n: int, kw: dict[str, Any]) -> Tensor:
+    """``inputs`` followed by the model's ``n`` next greedy tokens (hooks as they are;
+    the caller sets alpha to 0). ``kw['attention_mask']`` is extended in place."""
+    for _ in range(n):
+        with torch.no_grad():
+            logits = model(inputs, **kw)
+        token = logits[:, -1].argmax(-1)
+        if kw.get("attention_mask") is not None:
+            mask = kw["attention_mask"]
+            kw["attention_mask"] = torch.cat([mask, mask.new_ones(mask.shape[0], 1)], 1)
+        inputs = _append(model, inputs, token, kw)
+    return inputs
+
+
 def _calibrate(
     model: Model, rule: AutoAlpha, state: Any, heads: HeadSet, tokens: Tensor, **kw: Any
 ) -> Tensor:
     """Alphas for a batch of sequences, with the steering hooks already in place."""
     saved = (state.alpha, state.positions)
     state.positions = "all"
+    kw = dict(kw)
 
     def measure(alpha: Tensor) -> Tensor:
         state.alpha = alpha
         return _statistic(model, rule, heads, tokens, **kw)
 
     try:
-        alpha, stat = bisect_alpha(measure, rule, tokens.shape[0])
+        if rule.offset:
+            state.alpha = 0.0
+            tokens = _lookahead(model, tokens, rule.offset, kw)
+        alpha, stat = SEARCHES[rule.search](measure, rule, tokens.shape[0])
     finally:
         state.alpha, state.positions = saved
     state.chosen["statistic"] = stat
@@ -242,6 +364,52 @@ def lazy_calibration(model: Model, rule: AutoAlpha, state: Any, heads: HeadSet) 
         yield
 
 
+MAX_OFFSET = 8
+"""Largest calibration row recorded (the row of the 8th answer token)."""
+
+MAX_WINDOW = 64
+"""Largest ``focus`` window recorded."""
+
+
+def _row_table(
+    model: Model, tp: Any, rows: list[int], sink: int, query_point: str
+) -> tuple[Tensor, ...]:
+    """For one tokenised prompt and its query ``rows``, per ``[row, layer, head]``: the
+    relevant-span mass, the number of keys holding half of it, the cumulative mass of
+    the most-attended keys outside the sink (``[..., MAX_WINDOW]``), the mass off the
+    sink and the query norm.
+    Only the rows are kept from each layer's pattern."""
+    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
+    s, e = tp.relevant
+    idx = torch.tensor(rows)
+    pats: dict[int, Tensor] = {}
+    qs: dict[int, Tensor] = {}
+
+    def grab(act: Tensor, hook: Any, layer: int, into: dict) -> None:
+        into[layer] = act[0, idx].float() if into is qs else act[0, :, idx].float()
+
+    fwd = [
+        (attn_hook(l, "hook_pattern"), partial(grab, layer=l, into=pats)) for l in range(n_layers)
+    ]
+    fwd += [(attn_hook(l, query_point), partial(grab, layer=l, into=qs)) for l in range(n_layers)]
+    device = next(model.parameters()).device
+    with torch.no_grad(), hooks(model, fwd):
+        model(tp.tokens[None].to(device), stop_at_layer=n_layers)
+    pattern = torch.stack([pats[l] for l in range(n_layers)]).permute(2, 0, 1, 3).cpu()
+    query = torch.stack([qs[l] for l in range(n_layers)]).permute(1, 0, 2, 3).cpu()
+    span = pattern[..., s:e].sort(-1, descending=True).values
+    relevant = span.sum(-1)
+    half = (span.cumsum(-1) < 0.5 * relevant[..., None]).sum(-1) + 1
+    body = pattern[..., sink:].sort(-1, descending=True).values[..., :MAX_WINDOW].cumsum(-1)
+    if body.shape[-1] < MAX_WINDOW:  # short prompts: the window holds every key
+        body = torch.cat(
+            [body, body[..., -1:].expand(*body.shape[:-1], MAX_WINDOW - body.shape[-1])], -1
+        )
+    off_sink = 1 - pattern[..., :sink].sum(-1)
+    q_norm = query.norm(dim=-1).reshape(len(rows), n_layers, n_heads)
+    return relevant, half.float(), body, off_sink, q_norm
+
+
 def record_auto_target(
     model: Model,
     directions: Any,
@@ -251,11 +419,16 @@ def record_auto_target(
     sink: int = 2,
     window: int | None = None,
 ) -> Any:
-    """A copy of ``directions`` carrying the target table for ``alpha="auto"``.
+    """A copy of ``directions`` carrying what ``alpha="auto"`` needs (module docstring).
 
-    The table ``[n_layers, n_heads]`` is, per head, the mean over the *gold-only*
-    variants of ``prompts`` (unsteered) of the last prompt token's attention mass on the
-    relevant document (``statistic="focus"``) or off the sink (``"context"``).
+    Measured on the *gold-only* variants of ``prompts`` with their responses
+    teacher-forced, unsteered, at the last prompt token and the rows of the first
+    response tokens (up to :data:`MAX_OFFSET`, as many as every prompt has), per head:
+    the target statistic (``tables``) and the query norm (``query_norm``); and on the
+    prompts themselves, with their distractors, the relevant-span mass (``relevant``):
+    the rule calibrates at the row where the steered heads find the relevant document.
+    Each is ``[offset][layer][head]``; ``table`` is the last prompt row's target (the
+    rule of directions recorded before the tables).
 
     Args:
         model: The model.
@@ -263,28 +436,55 @@ def record_auto_target(
         prompts: Labelled prompts built from documents (``gold_only()`` must work).
         statistic: A name in :data:`STATISTICS`.
         sink: Leading positions treated as the sink.
-        window: Keys counted by ``"focus"``; default the median relevant-span length.
+        window: Keys counted by ``"focus"``; default the median number of keys holding
+            half of the relevant mass of the directions' top heads (10 % of the heads).
     """
+    import math
+
+    from focuslens.model.loading import qk_points
     from focuslens.prompts.tokens import tokenize_prompt
-    from focuslens.scores.contextual import contextual_scores
 
     if statistic not in STATISTICS:
         raise ValueError(f"statistic must be one of {sorted(STATISTICS)}, got {statistic!r}")
-    gold = [p.gold_only().with_response(None) for p in prompts]
-    scores = contextual_scores(model, gold, query="last", sink=sink)
-    table = scores.relevant if statistic == "focus" else 1 - scores.sink
+    full = [tokenize_prompt(model, p) for p in prompts]
+    gold = [tokenize_prompt(model, p.gold_only()) for p in prompts]
+    if not gold:
+        raise ValueError("record_auto_target needs at least one prompt")
+    n_rows = 1 + min(MAX_OFFSET, *(max(0, tp.n_response - 1) for tp in gold + full))
+    query_point = qk_points(model)[0]
+
+    def table(tps: list) -> tuple[Tensor, ...]:  # each [prompt, row, layer, head, ...]
+        rows = [
+            _row_table(model, tp, [tp.n_prompt - 1 + o for o in range(n_rows)], sink, query_point)
+            for tp in tps
+        ]
+        return tuple(torch.stack(x) for x in zip(*rows))
+
+    relevant, half, body, off_sink, qnorm = table(gold)
+    found = table(full)[0].mean(0)  # the relevant mass among the distractors, [row, L, H]
+    n_heads = model.cfg.n_layers * model.cfg.n_heads
+    k = max(1, math.ceil(0.1 * n_heads))
+    ranked = list(directions.heads)[:k] if directions.heads else None
+    top = torch.zeros(model.cfg.n_layers, model.cfg.n_heads, dtype=torch.bool)
+    for layer, head in ranked or [
+        (l, h) for l in range(model.cfg.n_layers) for h in range(model.cfg.n_heads)
+    ]:
+        top[layer, head] = True
+    best = int(found[:, top].mean(-1).argmax())
     if window is None:
-        lengths = []
-        for p in prompts:
-            tp = tokenize_prompt(model, p)
-            lengths.append(tp.relevant[1] - tp.relevant[0])
-        window = int(torch.tensor(lengths, dtype=torch.float32).median())
+        window = int(half[:, best][:, top].median())
+    window = min(int(window), MAX_WINDOW)
+    tables = (body[..., window - 1] if statistic == "focus" else off_sink).mean(0)
     training = dict(directions.training)
     training["auto"] = {
         "statistic": statistic,
         "window": int(window),
         "sink": int(sink),
-        "table": table.tolist(),
+        "search": "climb",
+        "table": tables[0].tolist(),
+        "tables": tables.tolist(),
+        "relevant": found.tolist(),
+        "query_norm": qnorm.mean(0).tolist(),
         "n_prompts": len(gold),
     }
     return replace(directions, training=training)
