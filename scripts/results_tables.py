@@ -81,7 +81,7 @@ def criteria_table(m: dict) -> str:
     from focuslens.demo.card import criteria
 
     rows = [
-        [c["criterion"], f"{c['value']:+.2f}", c["target"], "yes" if c["holds"] else "**no**"]
+        [c["criterion"], f"{c['value']:+.3f}", c["target"], "yes" if c["holds"] else "**no**"]
         for c in criteria(m)
     ]
     return _table(["criterion", "measured", "target", "holds"], rows)

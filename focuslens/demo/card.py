@@ -226,11 +226,15 @@ def method_table(
     head_sets = {"": [None], "top": [top], "random": randoms}
 
     def run(condition, name, setting, make, prompts="present"):
-        frames = [
-            evaluate(model, sets[prompts], intervention=make(h), progress=False).to_dataframe()
-            for h in head_sets[name]
-        ]
+        frames, alphas = [], []
+        for h in head_sets[name]:
+            intervention = make(h)
+            result = evaluate(model, sets[prompts], intervention=intervention, progress=False)
+            frames.append(result.to_dataframe())
+            alphas += list(getattr(intervention, "history", []))
         cell = _cell(pd.concat(frames))
+        if setting == "alpha=auto":  # the alphas the rule chose, one per prompt
+            cell["mean_alpha"] = sum(alphas) / len(alphas)
         rows.append(
             {"condition": condition, "heads": name, "setting": setting, "prompts": prompts, **cell}
         )
@@ -451,6 +455,9 @@ def _method_numbers(t: dict[str, Any]) -> dict[str, Any]:
         "best_acc": _row(t, "steering", "top", f"alpha={t['best_alpha']}")["accuracy"],
         "worst_alpha": worst_alpha,
         "worst_acc": _row(t, "steering", "top", f"alpha={worst_alpha}")["accuracy"],
+        "base_absent": _row(t, "baseline", prompts="absent")["accuracy"],
+        "auto": _row(t, "steering", "top", "alpha=auto"),
+        "auto_absent": _row(t, "steering", "top", "alpha=auto", "absent"),
     }
 
 
@@ -485,7 +492,7 @@ def render(folder: Path, m: dict[str, Any]) -> str:
         method_md=method_md(m["method"]),
         method_numbers=_method_numbers(m["method"]),
         extra_md=extra,
-        criteria_md=_md(crit, floatfmt="+.2f"),
+        criteria_md=_md(crit, floatfmt="+.3f"),
     )
 
 

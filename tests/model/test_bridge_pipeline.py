@@ -181,6 +181,13 @@ def test_learning_on_a_bridge_raises_the_relevant_mass(bridge):
     with directions.steer(bridge, [(1, 2)], alpha=1.0):
         steered = focuslens.contextual_scores(bridge, prompts, sink=0).relevant[1, 2]
     assert steered > plain
+    # alpha="auto" on a bridge: the recorded rule, its greedy look-ahead and its climb.
+    tps = [focuslens.tokenize_prompt(bridge, p) for p in prompts]
+    tokens = [tp.tokens[: tp.n_prompt] for tp in tps]
+    with directions.steer(bridge, [(1, 2)], "auto", prompt_tokens=tokens) as state:
+        rule = state.chosen["auto"]
+        assert rule.search == "climb" and rule.offset >= 0
+        assert bool(((state.alpha >= 0) & (state.alpha <= rule.alpha_max + 1e-6)).all())
 
 
 def _native_bridge():
