@@ -40,15 +40,16 @@ learning prompts with their responses teacher-forced:
   (a head that reads a document from one delimiter token gets window 1);
 * per row, the ``focus`` statistic of each head with that window: the target;
 * per row, each head's mean query norm; ``alpha_max`` is the median over the steered
-  heads of query norm / ``|d_q|``: steering never adds a vector longer than the query;
+  heads of query norm / ``|d_q|``: at most, steering adds a vector about as long as
+  the query;
 * ``search="climb"``.
 
 Rules built by hand (``AutoAlpha(target=...)``) and directions recorded before this
 table existed keep the last prompt row, ``window`` 5, ``alpha_max`` 1 and bisection.
 
-Cost: ``offset`` greedy forward passes, then ``2 + max_iter`` (bisection) or at most
-``grid`` (climb) forward passes of the prompt that stop after the last steered layer, once per prompt;
-cached generation steps reuse the alpha.
+Cost, once per prompt: ``offset`` greedy forward passes, then ``2 + max_iter``
+(bisection) or at most ``grid`` (climb) forward passes of the prompt that stop after
+the last steered layer; cached generation steps reuse the alpha.
 
 Example:
     >>> rule = AutoAlpha(target=0.6, alpha_max=1.0)
