@@ -47,7 +47,8 @@ def stage_eval(
     kinds evaluate the prompts as they are, under ``intervention`` (for example
     ``condition.intervention(heads, directions)``). ``data`` labels the prompt set (e.g.
     ``"test"``, ``"16 documents"``); rows of the same condition and data label from an
-    earlier run are replaced.
+    earlier run are replaced. With ``alpha="auto"`` the rows also carry ``mean_alpha``,
+    the mean of the alphas the rule chose.
     """
     condition = condition or Condition()
     if condition.kind == "gold_only":
@@ -60,7 +61,11 @@ def stage_eval(
         max_new_tokens=max_new_tokens,
         progress=progress,
     )
-    record_rows(run, condition, result.to_dataframe(), data)
+    frame = result.to_dataframe()
+    chosen = getattr(intervention, "history", None)
+    if condition.alpha == "auto" and chosen:  # the alphas the rule picked, one per pass
+        frame["mean_alpha"] = sum(chosen) / len(chosen)
+    record_rows(run, condition, frame, data)
     return result
 
 

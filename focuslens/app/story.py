@@ -468,14 +468,12 @@ def _steering_section(report: Report, evals: pd.DataFrame) -> None:
             a = min(negative, key=lambda k: _acc(negative[k]))
             text += _versus(f"Worst negative alpha ({a})", negative[a], base)[1] + ". "
         if "auto" in by_alpha:
-            text += (
-                _versus(
-                    "alpha='auto' (focuslens's own magnitude rule, not the paper's)",
-                    by_alpha["auto"],
-                    base,
-                )[1]
-                + ". "
-            )
+            rows = by_alpha["auto"]
+            chosen = ""
+            if "mean_alpha" in rows.columns and rows["mean_alpha"].notna().any():
+                chosen = f"; mean alpha chosen {rows['mean_alpha'].mean():.2f}"
+            label = f"alpha='auto' (focuslens's own magnitude rule, not the paper's{chosen})"
+            text += _versus(label, rows, base)[1] + ". "
         best = best_condition(evals, "steering", "random")
         if best is not None:
             text += _versus(f"Best with random heads ({best[0]})", best[1], base)[1] + "."

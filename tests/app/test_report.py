@@ -22,7 +22,7 @@ from _oracles import make_prompts
 from _tiny import demo_model_missing, tiny_model
 
 from focuslens.app.run import Condition, RunFolder
-from focuslens.app.stages import stage_eval, stage_scores
+from focuslens.app.stages import stage_eval, stage_learn, stage_scores
 from focuslens.app.story import build_report
 from focuslens.plots.report import Report, table_html
 
@@ -271,3 +271,27 @@ def test_conditions_are_typed_rows_read_back_as_written(tiny_run):
         Condition("split-softmax")
     with pytest.raises(ValueError, match="needs focus directions"):
         Condition("steering", "top", 2, alpha=1.0).intervention([(0, 0)])
+
+
+def test_auto_rows_carry_the_alphas_the_rule_chose(tmp_path):
+    """An ``alpha="auto"`` condition stores the mean alpha the rule chose, and the
+    steering section of the report quotes it."""
+    model = tiny_model("rotary")
+    run = RunFolder(tmp_path / "run")
+    prompts = make_prompts(4)
+    stage_scores(model, prompts, run, k=2, progress=False)
+    heads = run.heads()[:2]
+    directions = stage_learn(model, prompts, run, heads=heads, epochs=1, progress=False)
+    test = make_prompts(4, seed=1)
+    kw = {"max_new_tokens": 2, "progress": False}
+    stage_eval(model, test, run, **kw)
+    condition = Condition("steering", "top", 2, alpha="auto")
+    intervention = condition.intervention(heads, directions)
+    stage_eval(model, test, run, condition, intervention=intervention, **kw)
+    rows = run.evals().query("condition == @condition.name")
+    chosen = sum(intervention.history) / len(intervention.history)
+    assert len(intervention.history) >= len(test)
+    assert rows["mean_alpha"].tolist() == pytest.approx([chosen] * len(test))
+    report = build_report(run.folder)
+    (section,) = [s for s in report.sections if s.title == "Steering with focus directions"]
+    assert f"mean alpha chosen {chosen:.2f}" in section.text
