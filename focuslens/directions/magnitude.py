@@ -372,32 +372,53 @@ MAX_WINDOW = 64
 """Largest ``focus`` window recorded."""
 
 
-def _row_table(
-    model: Model, tp: Any, rows: list[int], sink: int, query_point: str
-) -> tuple[Tensor, ...]:
-    """For one tokenised prompt and its query ``rows``, per ``[row, layer, head]``: the
-    relevant-span mass, the number of keys holding half of it, the cumulative mass of
-    the most-attended keys outside the sink (``[..., MAX_WINDOW]``), the mass off the
-    sink and the query norm.
-    Only the rows are kept from each layer's pattern."""
-    n_layers, n_heads = model.cfg.n_layers, model.cfg.n_heads
-    s, e = tp.relevant
-    idx = torch.tensor(rows)
-    pats: dict[int, Tensor] = {}
-    qs: dict[int, Tensor] = {}
+def _reduced_pass(model: Model, tokens: Tensor, reducers: dict[str, Callable]) -> dict:
+    """One forward pass of ``tokens`` (``[pos]``); at each layer's attention hook point
+    ``point``, keeps only ``reducers[point](activation of the one sequence)``. Returns
+    ``{point: [n_layers, ...]}``."""
+    n_layers = model.cfg.n_layers
+    out: dict[str, dict[int, Tensor]] = {point: {} for point in reducers}
 
-    def grab(act: Tensor, hook: Any, layer: int, into: dict) -> None:
-        into[layer] = act[0, idx].float() if into is qs else act[0, :, idx].float()
+    def keep(act: Tensor, hook: Any, layer: int, point: str) -> None:
+        out[point][layer] = reducers[point](act[0]).float().cpu()
 
     fwd = [
-        (attn_hook(l, "hook_pattern"), partial(grab, layer=l, into=pats)) for l in range(n_layers)
+        (attn_hook(layer, point), partial(keep, layer=layer, point=point))
+        for point in reducers
+        for layer in range(n_layers)
     ]
-    fwd += [(attn_hook(l, query_point), partial(grab, layer=l, into=qs)) for l in range(n_layers)]
     device = next(model.parameters()).device
     with torch.no_grad(), hooks(model, fwd):
-        model(tp.tokens[None].to(device), stop_at_layer=n_layers)
-    pattern = torch.stack([pats[l] for l in range(n_layers)]).permute(2, 0, 1, 3).cpu()
-    query = torch.stack([qs[l] for l in range(n_layers)]).permute(1, 0, 2, 3).cpu()
+        model(tokens[None].to(device), stop_at_layer=n_layers)
+    return {
+        point: torch.stack([got[layer] for layer in range(n_layers)]) for point, got in out.items()
+    }
+
+
+def _relevant_rows(model: Model, tp: Any, rows: list[int]) -> Tensor:
+    """``[row, layer, head]`` relevant-span mass of ``rows``, summed inside the hook."""
+    idx, (s, e) = torch.tensor(rows), tp.relevant
+    reduce = {"hook_pattern": lambda pattern: pattern[:, idx, s:e].sum(-1)}
+    return _reduced_pass(model, tp.tokens, reduce)["hook_pattern"].permute(2, 0, 1)
+
+
+def _gold_rows(
+    model: Model, tp: Any, rows: list[int], sink: int, query_point: str
+) -> tuple[Tensor, ...]:
+    """For one (short, gold-only) tokenised prompt and its query ``rows``, per ``[row,
+    layer, head]``: the number of keys holding half of the relevant-span mass, the
+    cumulative mass of the most-attended keys outside the sink (``[..., MAX_WINDOW]``),
+    the mass off the sink and the query norm. Only the rows are kept from each pattern."""
+    idx, (s, e) = torch.tensor(rows), tp.relevant
+    got = _reduced_pass(
+        model,
+        tp.tokens,
+        {
+            "hook_pattern": lambda pattern: pattern[:, idx],
+            query_point: lambda q: q[idx].norm(dim=-1).T,  # [head, row]
+        },
+    )
+    pattern = got["hook_pattern"].permute(2, 0, 1, 3)  # [row, layer, head, key]
     span = pattern[..., s:e].sort(-1, descending=True).values
     relevant = span.sum(-1)
     half = (span.cumsum(-1) < 0.5 * relevant[..., None]).sum(-1) + 1
@@ -407,8 +428,7 @@ def _row_table(
             [body, body[..., -1:].expand(*body.shape[:-1], MAX_WINDOW - body.shape[-1])], -1
         )
     off_sink = 1 - pattern[..., :sink].sum(-1)
-    q_norm = query.norm(dim=-1).reshape(len(rows), n_layers, n_heads)
-    return relevant, half.float(), body, off_sink, q_norm
+    return half.float(), body, off_sink, got[query_point].permute(2, 0, 1)
 
 
 def record_auto_target(
@@ -454,15 +474,13 @@ def record_auto_target(
     n_rows = 1 + min(MAX_OFFSET, *(max(0, tp.n_response - 1) for tp in gold + full))
     query_point = qk_points(model)[0]
 
-    def table(tps: list) -> tuple[Tensor, ...]:  # each [prompt, row, layer, head, ...]
-        rows = [
-            _row_table(model, tp, [tp.n_prompt - 1 + o for o in range(n_rows)], sink, query_point)
-            for tp in tps
-        ]
-        return tuple(torch.stack(x) for x in zip(*rows))
+    def rows(tp: Any) -> list[int]:
+        return [tp.n_prompt - 1 + o for o in range(n_rows)]
 
-    relevant, half, body, off_sink, qnorm = table(gold)
-    found = table(full)[0].mean(0)  # the relevant mass among the distractors, [row, L, H]
+    gold_rows = [_gold_rows(model, tp, rows(tp), sink, query_point) for tp in gold]
+    half, body, off_sink, qnorm = (torch.stack(x) for x in zip(*gold_rows))
+    # The relevant mass among the distractors, [row, layer, head].
+    found = torch.stack([_relevant_rows(model, tp, rows(tp)) for tp in full]).mean(0)
     n_heads = model.cfg.n_layers * model.cfg.n_heads
     k = max(1, math.ceil(0.1 * n_heads))
     ranked = list(directions.heads)[:k] if directions.heads else None
