@@ -89,7 +89,8 @@ def tiny_model(
     skipped under 4.x by the capability check in ``conftest.py``).
 
     kind: ``"gpt2"`` (learned absolute positions, LayerNorm), ``"rotary"`` (RMSNorm,
-    rotary) or ``"gqa"`` (rotary with 2 key/value heads).
+    rotary), ``"gqa"`` (rotary with 2 key/value heads) or ``"local"`` (rotary, layer 0
+    local: a sliding window of 3 positions).
     """
     from transformer_lens import HookedTransformer, HookedTransformerConfig
 
@@ -110,9 +111,16 @@ def tiny_model(
         cfg = HookedTransformerConfig(
             **common, normalization_type="LN", positional_embedding_type="standard"
         )
-    elif kind in ("rotary", "gqa"):
+    elif kind in ("rotary", "gqa", "local"):
+        local = (
+            dict(use_local_attn=True, attn_types=["local"] + ["global"] * (n_layers - 1))
+            if kind == "local"
+            else {}
+        )
         cfg = HookedTransformerConfig(
             **common,
+            **local,
+            window_size=3 if local else None,
             normalization_type="RMS",
             positional_embedding_type="rotary",
             rotary_dim=d_head,

@@ -57,21 +57,25 @@ def pad_inputs(seqs: list[Tensor], value: float | int = 0.0) -> Tensor:
 
 
 # ---------------------------------------------------------------------------- caching
-def require_reproducible_attention(model: Model, what: str) -> None:
+def require_reproducible_attention(
+    model: Model, what: str, layers: Sequence[int] | None = None
+) -> None:
     """Refuse a model whose attention the cached queries and keys do not reproduce.
 
     Learning recomputes ``softmax((q + d_q)(k + d_k)^T / attn_scale + causal mask)``
     from each layer's rotated queries and keys (:func:`cache_queries_keys`); attention
     features outside that formula (ALiBi, soft-capping, sinks, local windows, ...) would
-    make it learn for a different attention than the model's.
+    make it learn for a different attention than the model's. ``layers``: the layers
+    learned (default all); a local window in another layer does not matter.
     """
     from focuslens.scores.spanmass import keys_route_unsupported
 
-    why = keys_route_unsupported(model)
+    why = keys_route_unsupported(model, layers)
     if why:
+        where = "" if layers is None else f" in layers {sorted(layers)}"
         raise ValueError(
             f"{what} recomputes each layer's attention from its queries and keys, which "
-            f"does not reproduce this model's attention ({why})"
+            f"does not reproduce this model's attention{where} ({why})"
         )
 
 

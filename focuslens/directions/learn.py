@@ -12,7 +12,7 @@ Which method?
   (grouped-query attention: query head ``h`` reads KV head ``h // group``), and AdamW
   minimises minus the relevant-span mass of the response rows, averaged over the
   layer's heads. Attention that this formula does not reproduce (ALiBi, soft-capping,
-  sinks, local windows) is refused. Every other
+  sinks, a local window in a learned layer) is refused. Every other
   weight is frozen (gradients are taken for the directions only, so the model is
   never touched). Since a layer's input does not depend on its own directions, this
   equals backpropagating through the whole model, at a fraction of the cost
@@ -268,7 +268,6 @@ def learn_focus_directions(
     """
     if method not in METHODS:
         raise ValueError(f"method must be one of {sorted(METHODS)}, got {method!r}")
-    require_reproducible_attention(model, "learn_focus_directions")
     ensure_backend(model, (*qk_points(model), "hook_pattern"))
     for name, value in (("epochs", epochs), ("batch_size", batch_size)):
         if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -277,9 +276,10 @@ def learn_focus_directions(
         raise ValueError(f"lr must be positive, got {lr!r}")
     prompts = [prompts] if isinstance(prompts, LabeledPrompt) else list(prompts)
     ranked = None if heads is None else unique_heads(model, heads)
+    layers = sorted({layer for layer, _ in ranked}) if ranked else list(range(model.cfg.n_layers))
+    require_reproducible_attention(model, "learn_focus_directions", layers)
     answered, skipped = learning_prompts(model, prompts, response, max_new_tokens)
     tps = prepare(model, answered, query=query, sink=0)
-    layers = sorted({layer for layer, _ in ranked}) if ranked else list(range(model.cfg.n_layers))
     settings = {
         "epochs": epochs,
         "lr": lr,

@@ -29,7 +29,7 @@ Exactness: the output equals the pattern path to float rounding (1e-6 in float32
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -44,18 +44,31 @@ from focuslens.typing import Model
 _QK_NORM_AFTER_HOOKS = ("OlmoeForCausalLM", "Olmo2ForCausalLM", "Olmo3ForCausalLM")
 
 
-def attention_features(model: Model) -> dict[str, bool]:
+def local_attention_layers(model: Model) -> list[int]:
+    """The layers whose attention is local (a sliding window, ``cfg.attn_types``), as
+    in GPT-Neo: TransformerLens applies the window only when ``cfg.use_local_attn``."""
+    cfg = model.cfg
+    if getattr(cfg, "use_local_attn", None) is False:
+        return []
+    return [i for i, kind in enumerate(getattr(cfg, "attn_types", None) or ()) if kind == "local"]
+
+
+def attention_features(model: Model, layers: Sequence[int] | None = None) -> dict[str, bool]:
     """Which attention features beyond a causal softmax of ``q.k / scale`` the model's
     config turns on, by name: what a computation from queries and keys (fused attention,
-    scores from keys, learning) cannot reproduce."""
+    scores from keys, learning) cannot reproduce. ``layers``: only these layers matter
+    (local windows are set per layer; the other features are model-wide)."""
     cfg = model.cfg
+    local = set(local_attention_layers(model))
+    if layers is not None:
+        local &= set(layers)
     return {
         "ALiBi or relative position biases": cfg.positional_embedding_type
         in ("alibi", "relative_positional_bias"),
         "attention-score soft-capping": (getattr(cfg, "attn_scores_soft_cap", -1) or -1) > 0,
         "learned attention sinks": bool(getattr(cfg, "use_attention_sinks", False)),
         "log-n attention scaling": bool(getattr(cfg, "use_logn_attn", False)),
-        "local attention windows": "local" in (getattr(cfg, "attn_types", None) or ()),
+        "local attention windows": bool(local),
         "non-causal attention": getattr(cfg, "attention_dir", "causal") != "causal",
     }
 
@@ -252,4 +265,5 @@ __all__ = [
     "fused_attention",
     "fused_unavailable",
     "fused_unsupported",
+    "local_attention_layers",
 ]

@@ -18,7 +18,7 @@ thousands of distractor spans stay ``O(n)``.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -307,12 +307,15 @@ class BatchKeysCollector:
         return hook
 
 
-def keys_route_unsupported(model: Model) -> str | None:
-    """Why the ``"keys"`` route cannot reproduce this model's attention, or None."""
+def keys_route_unsupported(model: Model, layers: Sequence[int] | None = None) -> str | None:
+    """Why the ``"keys"`` route cannot reproduce this model's attention (in ``layers``,
+    default all), or None."""
     from focuslens.model.fused import attention_features, named_features
 
     clipped = getattr(model.cfg, "clip_qkv", None) is not None and not rotary(model)
-    return named_features({**attention_features(model), "q/k clipping after hook_q": clipped})
+    return named_features(
+        {**attention_features(model, layers), "q/k clipping after hook_q": clipped}
+    )
 
 
 def attention_hooks_active(model: Model) -> list[str]:

@@ -543,6 +543,45 @@ def test_learning_from_hooks_equals_the_attention_module_route(kind, monkeypatch
     assert new.d_q[1].abs().max() > 0.05  # the directions moved from their initial values
 
 
+def test_learning_on_global_layers_of_a_model_with_a_local_window(monkeypatch):
+    """A sliding window in layer 0 does not stop learning on layer 1: the loss and the
+    directions equal the attention-module route's, whose pattern is the model's own.
+    Heads of the local layer itself are refused, naming the layer."""
+    import focuslens.directions.learn as learn
+
+    model = tiny_model("local")
+    assert model.blocks[0].attn.attn_type == "local"
+    prompts = make_prompts(4)
+    settings = dict(heads=[(1, 2)], epochs=3, lr=0.05, batch_size=2, response="given")
+    with pytest.raises(ValueError, match=r"in layers \[0, 1\] \(local attention windows\)"):
+        learn_focus_directions(model, prompts, **{**settings, "heads": [(0, 1), (1, 2)]})
+    new = learn_focus_directions(model, prompts, record_auto=False, **settings)
+
+    inputs: dict[int, list] = {1: []}
+
+    def grab(layer, module, args, kwargs):
+        if layer == 1:
+            inputs[1].append((kwargs["query_input"][0], kwargs["key_input"][0]))
+
+    from focuslens.model.hooks import pre_hooks
+
+    tps = prepare(model, prompts, query="response", sink=0)
+    with pre_hooks(model, grab), torch.no_grad():
+        for tp in tps:
+            model(tp.tokens[None])
+    monkeypatch.setattr(learn, "cache_queries_keys", lambda m, t, layers: inputs)
+    monkeypatch.setattr(learn, "layer_mass", _attention_module_mass)
+    old = learn_focus_directions(model, prompts, record_auto=False, **settings)
+    torch.testing.assert_close(
+        torch.tensor(new.training["loss_history"]["1"]),
+        torch.tensor(old.training["loss_history"]["1"]),
+        atol=1e-5,
+        rtol=0,
+    )
+    torch.testing.assert_close(new.d_q, old.d_q, atol=1e-5, rtol=0)
+    assert new.d_q[1].abs().max() > 0.05
+
+
 def test_learning_refuses_attention_it_does_not_reproduce():
     model = tiny_model("rotary")
     model.cfg.attn_scores_soft_cap = 30.0
