@@ -16,9 +16,10 @@ scores come from one of two routes (``scores_from=``):
   over the spans. Needed when an intervention acts on ``hook_attn_scores`` or
   ``hook_pattern`` (split-softmax, PASTA), which the ``"keys"`` route cannot see.
 * ``"auto"`` (default): ``"keys"``, except on the layers with a hook on their attention
-  scores or pattern (those read ``"pattern"``; ``meta["scores_from"]`` says ``"mixed"``),
-  or on every layer when the model's attention has a feature the ``"keys"`` route does
-  not reproduce (ALiBi, soft-capping, local windows, attention sinks, ...).
+  scores or pattern, or with a local attention window (those read ``"pattern"``;
+  ``meta["scores_from"]`` says ``"mixed"``), or on every layer when the model's attention
+  has a feature the ``"keys"`` route does not reproduce (ALiBi, soft-capping, attention
+  sinks, ...).
 
 The chunks run under :func:`focuslens.model.fused.fused_attention`: layers read from their
 keys never build a pattern. Both routes give the numbers of the one-pass

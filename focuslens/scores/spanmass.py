@@ -337,24 +337,32 @@ def resolve_routes(model: Model, scores_from: str, *, one_pass: bool = False) ->
     """The route of each layer, ``"keys"`` or ``"pattern"``, for ``scores_from``.
 
     ``"auto"`` reads keys wherever it can: a layer with a hook on its scores or pattern
-    (an intervention the keys cannot see) is read from its pattern, and so is every
-    layer of a model whose attention the keys route does not reproduce, or (one pass) of
-    a backend other than ``HookedTransformer``.
+    (an intervention the keys cannot see) or a local attention window is read from its
+    pattern, and so is every layer of a model whose attention the keys route does not
+    reproduce, or (one pass) of a backend other than ``HookedTransformer`` or a model
+    the fused forward does not run.
     """
+    from focuslens.model.fused import local_attention_layers
+
     if scores_from not in ("auto", *COLLECTORS):
         raise ValueError(f"scores_from must be 'auto', 'keys' or 'pattern', got {scores_from!r}")
     n_layers = model.cfg.n_layers
     if scores_from == "pattern":
         return ["pattern"] * n_layers
-    why = keys_route_unsupported(model)
+    local = local_attention_layers(model)
+    why = keys_route_unsupported(model, [layer for layer in range(n_layers) if layer not in local])
     if why is None and one_pass:
         from focuslens.model.fused import fused_unavailable
 
         why = fused_unavailable(model)
     hooked = pattern_hooked_layers(model)
     if scores_from == "keys":
-        if why or hooked:
-            problem = why or f"hooks are registered on {attention_hooks_active(model)[:3]}"
+        if why or hooked or local:
+            problem = (
+                why
+                or (local and f"local attention windows in layers {local}")
+                or f"hooks are registered on {attention_hooks_active(model)[:3]}"
+            )
             raise ValueError(
                 f"scores_from='keys' would not match this model's attention ({problem}); "
                 "use scores_from='pattern' or 'auto'"
@@ -362,7 +370,7 @@ def resolve_routes(model: Model, scores_from: str, *, one_pass: bool = False) ->
         return ["keys"] * n_layers
     if why:
         return ["pattern"] * n_layers
-    return ["pattern" if layer in hooked else "keys" for layer in range(n_layers)]
+    return ["pattern" if layer in hooked or layer in local else "keys" for layer in range(n_layers)]
 
 
 def route_name(routes: list[str]) -> str:

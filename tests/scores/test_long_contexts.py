@@ -55,6 +55,28 @@ def test_chunked_scores_equal_full_cache_oracle(kind, route):
     assert got.relevant.std() > 0.01  # not a degenerate case
 
 
+def test_a_local_attention_window_is_read_from_its_pattern():
+    """Layer 0 of the "local" tiny model attends within a window of 3 positions, which
+    the keys route does not reproduce: "auto" reads that layer from its pattern and the
+    global layer from its keys, and both equal the full cache; "keys" is refused."""
+    from focuslens.scores.spanmass import resolve_routes
+
+    model = tiny_model("local")
+    prompts = make_prompts(3)
+    assert resolve_routes(model, "auto") == ["pattern", "keys"]
+    oracle = naive_scores(model, prompts)
+    for chunk in (5, 1000):
+        got = chunked_contextual_scores(model, prompts, chunk_size=chunk)
+        for name, expected in oracle.items():
+            torch.testing.assert_close(got.per_example[name], expected, atol=1e-5, rtol=0)
+        assert got.meta["scores_from"] == "mixed"
+    with pytest.raises(ValueError, match=r"local attention windows in layers \[0\]"):
+        chunked_contextual_scores(model, prompts, chunk_size=5, scores_from="keys")
+    # the window matters here: the same weights with global attention score otherwise
+    model.blocks[0].attn.attn_type = "global"
+    assert (naive_scores(model, prompts)["relevant"] - oracle["relevant"]).abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("query", ["predict", "last"])
 def test_other_query_conventions_and_the_public_dispatch(query):
     model = tiny_model("rotary")
