@@ -10,8 +10,9 @@ What :func:`fused_attention` does: while the context is open, each attention mod
 the model runs a forward that computes ``q``, ``k``, ``v`` with TransformerLens's own
 methods (so ``hook_q``, ``hook_k``, ``hook_v`` fire and take writes), appends to the KV
 cache, applies the rotary embedding (``hook_rot_q``, ``hook_rot_k``), repeats grouped
-key/value heads, and calls SDPA with the layer's scale and the causal and padding masks;
-then ``hook_z`` and the output projection, as TransformerLens does them. Steering on
+key/value heads, and calls SDPA with the layer's scale and the causal and padding masks
+(and a local layer's window, as in GPT-Neo); then ``hook_z`` and the output projection,
+as TransformerLens does them. Steering on
 queries and keys, head ablation on ``hook_z`` and reading queries and keys work
 unchanged.
 
@@ -19,8 +20,8 @@ What it does not do: ``hook_attn_scores`` and ``hook_pattern`` never fire on a f
 layer. A layer that has a hook on either (split-softmax, PASTA, score-form steering,
 ``run_with_cache``) runs TransformerLens's own forward, decided at each call, so only the
 layers an intervention touches build a pattern. Models whose attention has a feature the
-fused forward does not reproduce (ALiBi, soft-capping, local windows, attention sinks,
-log-n scaling, QK-norm after the hooks, ...: :func:`fused_unsupported`) keep
+fused forward does not reproduce (ALiBi, soft-capping, attention sinks, log-n scaling,
+QK-norm after the hooks, ...: :func:`fused_unsupported`) keep
 TransformerLens's forward everywhere (or raise, with ``strict=True``).
 
 Exactness: the output equals the pattern path to float rounding (1e-6 in float32). A
@@ -57,7 +58,8 @@ def attention_features(model: Model, layers: Sequence[int] | None = None) -> dic
     """Which attention features beyond a causal softmax of ``q.k / scale`` the model's
     config turns on, by name: what a computation from queries and keys (fused attention,
     scores from keys, learning) cannot reproduce. ``layers``: only these layers matter
-    (local windows are set per layer; the other features are model-wide)."""
+    (local windows are set per layer; the other features are model-wide). The fused
+    forward applies local windows itself (:func:`fused_unsupported`)."""
     cfg = model.cfg
     local = set(local_attention_layers(model))
     if layers is not None:
@@ -81,11 +83,12 @@ def named_features(features: dict[str, bool]) -> str | None:
 
 def fused_unsupported(model: Model) -> str | None:
     """The attention features of ``model`` that the fused forward does not reproduce
-    (comma-separated), or None when every layer can run fused."""
+    (comma-separated), or None when every layer can run fused. Local windows are not
+    among them: the fused forward applies a local layer's window itself."""
     cfg = model.cfg
     return named_features(
         {
-            **attention_features(model),
+            **attention_features(model, layers=()),
             "QK-norm after hook_q": getattr(cfg, "original_architecture", None)
             in _QK_NORM_AFTER_HOOKS,
             "per-head attention results (use_attn_result)": bool(
@@ -102,15 +105,24 @@ def _pattern_hooked(attn: Any) -> bool:
 
 
 def _mask(
-    n_query: int, n_key: int, offset: int, attention_mask: Tensor | None, device: Any
+    n_query: int,
+    n_key: int,
+    offset: int,
+    attention_mask: Tensor | None,
+    device: Any,
+    window: int | None = None,
 ) -> Tensor | None:
     """``[batch or 1, 1, query_pos, key_pos]`` bool mask (True: attend), or None when
-    plain causal attention over a square block is meant."""
-    if attention_mask is None and offset == 0 and n_query == n_key:
+    plain causal attention over a square block is meant. ``window``: a local layer's
+    window (a query at position ``i`` reads keys ``i - window < j <= i``)."""
+    if attention_mask is None and offset == 0 and n_query == n_key and window is None:
         return None
     keys = torch.arange(n_key, device=device)
     queries = torch.arange(offset, offset + n_query, device=device)
-    mask = (keys[None, :] <= queries[:, None])[None, None]
+    allowed = keys[None, :] <= queries[:, None]
+    if window is not None:
+        allowed = allowed & (keys[None, :] > queries[:, None] - window)
+    mask = allowed[None, None]
     if attention_mask is not None:
         mask = mask & attention_mask.to(device).bool()[:, None, None, :n_key]
     return mask
@@ -123,7 +135,8 @@ def _attend(attn: Any, q: Tensor, k: Tensor, v: Tensor, offset: int, attention_m
         k = torch.repeat_interleave(k, dim=2, repeats=n_heads // k.shape[2])
         v = torch.repeat_interleave(v, dim=2, repeats=n_heads // v.shape[2])
     q_, k_, v_ = (t.transpose(1, 2) for t in (q, k.to(q.dtype), v.to(q.dtype)))
-    mask = _mask(q.shape[1], k.shape[1], offset, attention_mask, q.device)
+    window = attn.cfg.window_size if getattr(attn, "attn_type", "global") == "local" else None
+    mask = _mask(q.shape[1], k.shape[1], offset, attention_mask, q.device, window)
     z = F.scaled_dot_product_attention(
         q_, k_, v_, attn_mask=mask, is_causal=mask is None, scale=1.0 / float(attn.attn_scale)
     )

@@ -18,7 +18,7 @@ from focuslens.model.hooks import attn_hook
 from focuslens.model.prefill import chunked_forward
 from focuslens.scores.result import KINDS
 
-KINDS_OF_MODEL = ["gpt2", "rotary", "gqa"]
+KINDS_OF_MODEL = ["gpt2", "rotary", "gqa", "local"]
 
 
 def close(a, b, atol=1e-5):
@@ -198,7 +198,9 @@ def test_fused_scores_equal_the_pattern_path_and_the_oracle(kind):
     pattern = contextual_scores(model, prompts, scores_from="pattern", batch_size=2)
     fused = contextual_scores(model, prompts, batch_size=2)
     chunked = contextual_scores(model, prompts, chunk_size=5)
-    assert fused.meta["scores_from"] == "keys" and pattern.meta["scores_from"] == "pattern"
+    # a local layer is read from its pattern, the global ones from their keys
+    assert fused.meta["scores_from"] == ("mixed" if kind == "local" else "keys")
+    assert pattern.meta["scores_from"] == "pattern"
     assert_scores_close(fused, pattern)
     assert_scores_close(chunked, pattern)
     for name, expected in oracle.items():
