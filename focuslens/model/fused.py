@@ -12,9 +12,8 @@ methods (so ``hook_q``, ``hook_k``, ``hook_v`` fire and take writes), appends to
 cache, applies the rotary embedding (``hook_rot_q``, ``hook_rot_k``), repeats grouped
 key/value heads, and calls SDPA with the layer's scale and the causal and padding masks
 (and a local layer's window, as in GPT-Neo); then ``hook_z`` and the output projection,
-as TransformerLens does them. Steering on
-queries and keys, head ablation on ``hook_z`` and reading queries and keys work
-unchanged.
+as TransformerLens does them. Steering on queries and keys, head ablation on ``hook_z``
+and reading queries and keys work unchanged.
 
 What it does not do: ``hook_attn_scores`` and ``hook_pattern`` never fire on a fused
 layer. A layer that has a hook on either (split-softmax, PASTA, score-form steering,
