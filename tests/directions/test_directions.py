@@ -506,23 +506,18 @@ def _attention_module_mass(model, layer, inputs, d_q, d_k, rows):
     return span_mass(out["pattern"], *rows)[..., 0]
 
 
-@pytest.mark.parametrize("kind", ["gpt2", "gqa"])
-def test_learning_from_hooks_equals_the_attention_module_route(kind, monkeypatch):
-    """Whole runs of learn_focus_directions (loss history and directions) from the hooked
-    queries and keys equal the former route through the attention module's inputs."""
+def _learn_through_attention_module(model, prompts, settings, layers, monkeypatch):
+    """learn_focus_directions through the former route: the attention modules' cached
+    inputs of ``layers`` and :func:`_attention_module_mass` instead of the hooked queries
+    and keys and the recomputed pattern."""
     import focuslens.directions.learn as learn
+    from focuslens.model.hooks import pre_hooks
 
-    model = tiny_model(kind)
-    prompts = make_prompts(4)
-    settings = dict(heads=[(0, 1), (1, 2)], epochs=3, lr=0.05, batch_size=2, response="given")
-    new = learn_focus_directions(model, prompts, record_auto=False, **settings)
-
-    inputs: dict[int, list] = {0: [], 1: []}
+    inputs: dict[int, list] = {layer: [] for layer in layers}
 
     def grab(layer, module, args, kwargs):
-        inputs[layer].append((kwargs["query_input"][0], kwargs["key_input"][0]))
-
-    from focuslens.model.hooks import pre_hooks
+        if layer in inputs:
+            inputs[layer].append((kwargs["query_input"][0], kwargs["key_input"][0]))
 
     tps = prepare(model, prompts, query="response", sink=0)
     with pre_hooks(model, grab), torch.no_grad():
@@ -530,7 +525,18 @@ def test_learning_from_hooks_equals_the_attention_module_route(kind, monkeypatch
             model(tp.tokens[None])
     monkeypatch.setattr(learn, "cache_queries_keys", lambda m, t, layers: inputs)
     monkeypatch.setattr(learn, "layer_mass", _attention_module_mass)
-    old = learn_focus_directions(model, prompts, record_auto=False, **settings)
+    return learn_focus_directions(model, prompts, record_auto=False, **settings)
+
+
+@pytest.mark.parametrize("kind", ["gpt2", "gqa"])
+def test_learning_from_hooks_equals_the_attention_module_route(kind, monkeypatch):
+    """Whole runs of learn_focus_directions (loss history and directions) from the hooked
+    queries and keys equal the former route through the attention module's inputs."""
+    model = tiny_model(kind)
+    prompts = make_prompts(4)
+    settings = dict(heads=[(0, 1), (1, 2)], epochs=3, lr=0.05, batch_size=2, response="given")
+    new = learn_focus_directions(model, prompts, record_auto=False, **settings)
+    old = _learn_through_attention_module(model, prompts, settings, [0, 1], monkeypatch)
     for layer in ("0", "1"):
         torch.testing.assert_close(
             torch.tensor(new.training["loss_history"][layer]),
@@ -547,8 +553,6 @@ def test_learning_on_global_layers_of_a_model_with_a_local_window(monkeypatch):
     """A sliding window in layer 0 does not stop learning on layer 1: the loss and the
     directions equal the attention-module route's, whose pattern is the model's own.
     Heads of the local layer itself are refused, naming the layer."""
-    import focuslens.directions.learn as learn
-
     model = tiny_model("local")
     assert model.blocks[0].attn.attn_type == "local"
     prompts = make_prompts(4)
@@ -556,22 +560,7 @@ def test_learning_on_global_layers_of_a_model_with_a_local_window(monkeypatch):
     with pytest.raises(ValueError, match=r"in layers \[0, 1\] \(local attention windows\)"):
         learn_focus_directions(model, prompts, **{**settings, "heads": [(0, 1), (1, 2)]})
     new = learn_focus_directions(model, prompts, record_auto=False, **settings)
-
-    inputs: dict[int, list] = {1: []}
-
-    def grab(layer, module, args, kwargs):
-        if layer == 1:
-            inputs[1].append((kwargs["query_input"][0], kwargs["key_input"][0]))
-
-    from focuslens.model.hooks import pre_hooks
-
-    tps = prepare(model, prompts, query="response", sink=0)
-    with pre_hooks(model, grab), torch.no_grad():
-        for tp in tps:
-            model(tp.tokens[None])
-    monkeypatch.setattr(learn, "cache_queries_keys", lambda m, t, layers: inputs)
-    monkeypatch.setattr(learn, "layer_mass", _attention_module_mass)
-    old = learn_focus_directions(model, prompts, record_auto=False, **settings)
+    old = _learn_through_attention_module(model, prompts, settings, [1], monkeypatch)
     torch.testing.assert_close(
         torch.tensor(new.training["loss_history"]["1"]),
         torch.tensor(old.training["loss_history"]["1"]),
